@@ -1,0 +1,1 @@
+"""Sedna-compatible collaborative AI (jobs, controllers, worker SDK). Not built yet."""

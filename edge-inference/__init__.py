@@ -1,0 +1,1 @@
+"""ONNX Runtime inference server (Open Inference Protocol). Not built yet."""

@@ -1,0 +1,1 @@
+"""Model zoo, ONNX export, registry and artifact store. Not built yet."""

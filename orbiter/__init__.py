@@ -1,0 +1,3 @@
+"""Orbiter: a cloud-edge AI platform."""
+
+__all__: list[str] = []

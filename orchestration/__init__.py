@@ -1,0 +1,1 @@
+"""Orchestration core: revisioned store, API server, client, cloud and edge cores."""

@@ -1,0 +1,1 @@
+"""Satellite contact windows, store-and-forward links and placement. Not built yet."""
