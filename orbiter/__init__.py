@@ -1,3 +1,5 @@
 """Orbiter: a cloud-edge AI platform."""
 
-__all__: list[str] = []
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -59,7 +59,9 @@ def _core(kind: str, plural: str, namespaced: bool = True, **kw: Any) -> Resourc
 
 
 BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
-    _core("Namespace", "namespaces", False, short_names=("ns",), subresources=frozenset({"status"})),
+    _core(
+        "Namespace", "namespaces", False, short_names=("ns",), subresources=frozenset({"status"})
+    ),
     _core("Node", "nodes", False, short_names=("no",), subresources=frozenset({"status"})),
     _core(
         "Pod",

@@ -1,0 +1,388 @@
+"""The HTTP transport: Kubernetes REST paths mapped onto ``API`` (a thin adapter)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from ..apis import ResourceType
+from . import discovery, errors
+from .errors import APIError
+from .handling import API, Options
+from .openapi import OpenAPIDocs
+from .patching import PatchError, decode_patch
+from .selection import build_matcher
+from .tables import to_table
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request size limit
+DEFAULT_WATCH_TIMEOUT = 1800.0
+_ANONYMOUS = frozenset({"/version", "/livez", "/readyz", "/healthz"})
+_PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _error(exc: APIError) -> web.Response:
+    return _json(exc.status(), exc.code)
+
+
+class HTTPFrontend:
+    def __init__(
+        self,
+        api: API,
+        *,
+        tokens: dict[str, str],
+        server_address: str = "",
+        bookmark_interval: float = 60.0,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.api = api
+        self.tokens = tokens  # bearer token -> user name
+        self.server_address = server_address
+        self.bookmark_interval = bookmark_interval
+        self.ready = ready
+        self.openapi = OpenAPIDocs(api.registry)
+        self._watches: set[asyncio.Task[Any]] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for task in list(self._watches):
+            task.cancel()
+
+    def authenticate(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        given = header[7:].strip()
+        for token, user in self.tokens.items():
+            if hmac.compare_digest(token, given):
+                return user
+        return None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        if path not in _ANONYMOUS and self.authenticate(request) is None:
+            return _error(APIError(401, "Unauthorized"))
+        try:
+            return await handler(request)
+        except APIError as exc:
+            return _error(exc)
+        except PatchError as exc:
+            return _error(APIError(exc.code, str(exc)))
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                APIError(413, f"the request body is larger than the limit of {MAX_BODY} bytes")
+            )
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("internal error serving %s %s", request.method, request.path_qs)
+            return _error(APIError(500, "internal error; the server log has the details"))
+
+    # --- routing -------------------------------------------------------------------------
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        segs = [s for s in path.split("/") if s]
+        if not segs:
+            return _json(
+                {
+                    "paths": [
+                        "/api",
+                        "/apis",
+                        "/livez",
+                        "/openapi/v2",
+                        "/openapi/v3",
+                        "/readyz",
+                        "/version",
+                    ]
+                }
+            )
+        head = segs[0]
+        if head in ("livez", "healthz") and len(segs) == 1:
+            return web.Response(text="ok")
+        if head == "readyz" and len(segs) == 1:
+            return (
+                web.Response(text="ok")
+                if self.ready()
+                else web.Response(text="not ready", status=503)
+            )
+        if head == "version" and len(segs) == 1:
+            return _json(discovery.version_info())
+        if head == "openapi":
+            return self._openapi(request, segs[1:])
+        if head == "api":
+            if len(segs) == 1:
+                return _json(discovery.core_versions(self.server_address))
+            return await self._group_version(request, "", segs[1], segs[2:])
+        if head == "apis":
+            if len(segs) == 1:
+                return _json(discovery.group_list(self.api.registry))
+            if len(segs) == 2:
+                doc = discovery.group(self.api.registry, segs[1])
+                if doc is None:
+                    raise APIError(404, "the server could not find the requested resource")
+                return _json(doc)
+            return await self._group_version(request, segs[1], segs[2], segs[3:])
+        raise APIError(404, "the server could not find the requested resource")
+
+    def _openapi(self, request: web.Request, rest: list[str]) -> web.Response:
+        if rest == ["v2"]:
+            return web.Response(body=self.openapi.v2_protobuf(), content_type=_PROTOBUF_V2)
+        if rest == ["v3"]:
+            return web.Response(body=self.openapi.v3_index(), content_type="application/json")
+        if len(rest) > 1 and rest[0] == "v3":
+            doc = self.openapi.v3_document("/".join(rest[1:]))
+            if doc is not None:
+                return web.Response(body=doc, content_type="application/json")
+        raise APIError(404, "the server could not find the requested resource")
+
+    async def _group_version(
+        self, request: web.Request, group: str, version: str, rest: list[str]
+    ) -> web.StreamResponse:
+        if not rest:
+            doc = discovery.resource_list(self.api.registry, group, version)
+            if doc is None:
+                raise APIError(404, "the server could not find the requested resource")
+            return _json(doc)
+        namespace: str | None = None
+        if (
+            rest[0] == "namespaces"
+            and len(rest) >= 3
+            and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+        ):
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) > 3:
+            raise APIError(404, "the server could not find the requested resource")
+        plural = rest[0]
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        rt = self.api.registry.lookup(group, version, plural)
+        if rt is None:
+            raise APIError(404, "the server could not find the requested resource")
+        if rt.namespaced and namespace is None and name:
+            raise APIError(404, "the server could not find the requested resource")
+        if not rt.namespaced and namespace is not None:
+            raise APIError(404, "the server could not find the requested resource")
+        if (
+            sub
+            and sub not in rt.subresources
+            and not (sub == "finalize" and rt.plural == "namespaces" and not rt.group)
+        ):
+            raise APIError(404, "the server could not find the requested resource")
+        return await self._verb(request, rt, namespace, name, sub)
+
+    async def _verb(
+        self, request: web.Request, rt: ResourceType, namespace: str | None, name: str, sub: str
+    ) -> web.StreamResponse:
+        q = request.query
+        method = request.method
+        ns = namespace or ""
+        api = self.api
+        if method == "GET":
+            if name:
+                if sub == "scale":
+                    return _json(await api.get_scale(rt, ns, name))
+                obj = await api.get(rt, ns, name)
+                return self._maybe_table(request, rt, [obj], obj, single=True)
+            matches = build_matcher(rt, q.get("labelSelector", ""), q.get("fieldSelector", ""))
+            if q.get("watch") in ("1", "true", "True"):
+                return await self._watch(request, rt, namespace, matches)
+            listed = await api.list(
+                rt,
+                namespace,
+                matches=matches,
+                limit=_int_param(q, "limit"),
+                continue_token=q.get("continue", ""),
+            )
+            return self._maybe_table(request, rt, listed["items"], listed)
+        opts = Options(
+            dry_run=bool(q.getall("dryRun", [])),
+            field_validation=q.get("fieldValidation", ""),
+            field_manager=q.get("fieldManager", ""),
+            force=q.get("force") in ("true", "1"),
+        )
+        if opts.field_validation not in ("Ignore", "Warn", "Strict"):
+            raise errors.bad_request(
+                f'fieldValidation: Unsupported value: "{opts.field_validation}": supported '
+                'values: "Ignore", "Warn", "Strict"'
+            )
+        if method == "POST":
+            body = await _body(request)
+            if sub == "binding" and name:
+                return _json(await api.bind(rt, ns, name, body), 201)
+            if name:
+                raise errors.method_not_allowed(rt, "POST on a named object")
+            return _json(await api.create(rt, ns, body, opts), 201)
+        if method == "PUT" and name:
+            body = await _body(request)
+            if sub == "scale":
+                return _json(await api.update_scale(rt, ns, name, body, opts))
+            return _json(await api.update(rt, ns, name, body, opts, subresource=sub))
+        if method == "PATCH" and name:
+            return _json(await self._patch(request, rt, ns, name, sub, opts))
+        if method == "DELETE":
+            raw = await request.read()
+            options = _decode_json(raw) if raw.strip() else {}
+            if not isinstance(options, dict):
+                raise errors.bad_request("the DeleteOptions body must be a JSON object")
+            for key in ("propagationPolicy", "gracePeriodSeconds"):
+                if key in q:
+                    options.setdefault(key, q[key])
+            dry = opts.dry_run or bool(options.get("dryRun"))
+            if name:
+                return _json(await api.delete(rt, ns, name, options, dry_run=dry))
+            matches = build_matcher(rt, q.get("labelSelector", ""), q.get("fieldSelector", ""))
+            return _json(
+                await api.delete_collection(
+                    rt, namespace, matches=matches, options=options, dry_run=dry
+                )
+            )
+        raise errors.method_not_allowed(rt, method)
+
+    async def _patch(
+        self, request: web.Request, rt: ResourceType, ns: str, name: str, sub: str, opts: Options
+    ) -> dict[str, Any]:
+        kind, patch = decode_patch(request.headers.get("Content-Type", ""), await request.read())
+        return await self.api.patch_with(rt, ns, name, kind, patch, opts, subresource=sub)
+
+    # --- output --------------------------------------------------------------------------
+
+    def _maybe_table(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        objs: list[dict[str, Any]],
+        whole: dict[str, Any],
+        single: bool = False,
+    ) -> web.Response:
+        if _wants_table(request):
+            meta = {"resourceVersion": whole.get("metadata", {}).get("resourceVersion", "")}
+            if not single and whole.get("metadata", {}).get("continue"):
+                meta["continue"] = whole["metadata"]["continue"]
+            include = request.query.get("includeObject", "Metadata")
+            return _json(to_table(rt, objs, meta, include))
+        return _json(whole)
+
+    async def _watch(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        namespace: str | None,
+        matches: Callable[[dict[str, Any]], bool] | None,
+    ) -> web.StreamResponse:
+        q = request.query
+        timeout = float(_int_param(q, "timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        stream = await self.api.watch(
+            rt,
+            namespace,
+            resource_version=q.get("resourceVersion", ""),
+            matches=matches,
+            bookmark_interval=self.bookmark_interval if bookmarks else None,
+        )
+        table = _wants_table(request)
+        include = q.get("includeObject", "Metadata")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._watches.add(task)
+        try:
+            async with asyncio.timeout(timeout):
+                async for ev in stream:
+                    if ev.type == "BOOKMARK" and not bookmarks:
+                        continue
+                    if table and ev.type != "BOOKMARK":
+                        line = (
+                            orjson.dumps(
+                                {"type": ev.type, "object": to_table(rt, [ev.object], {}, include)}
+                            )
+                            + b"\n"
+                        )
+                    else:
+                        line = ev.line()
+                    await resp.write(line)
+        except TimeoutError:
+            pass
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        except Exception as exc:  # the stream's own end: overflow, compaction, shutdown
+            err = (
+                APIError(410, str(exc), reason="Expired")
+                if "compact" in str(exc)
+                else APIError(500, f"watch ended: {exc}")
+            )
+            with contextlib.suppress(Exception):
+                await resp.write(orjson.dumps({"type": "ERROR", "object": err.status()}) + b"\n")
+        finally:
+            self._watches.discard(task)
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            await resp.write_eof()
+        return resp
+
+
+def _wants_table(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    first = accept.split(",")[0]
+    return "as=Table" in first
+
+
+def _int_param(q: Any, name: str) -> int:
+    raw = q.get(name)
+    if raw in (None, ""):
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.bad_request(f"{name}: invalid value {raw!r}: must be an integer") from None
+    if value < 0:
+        raise errors.bad_request(f"{name}: invalid value {value}: must not be negative")
+    return value
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise errors.bad_request(f"the request body is not valid JSON: {exc}") from None
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    ctype = request.content_type
+    if ctype in ("application/yaml", "application/x-yaml"):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise errors.bad_request(f"the request body is not valid YAML: {exc}") from None
+    if ctype and ctype not in ("application/json", "application/octet-stream", "text/plain"):
+        raise APIError(
+            415,
+            f"the body of the request was in an unknown format ({ctype}); accepted media types "
+            "include: application/json, application/yaml",
+        )
+    return _decode_json(raw)

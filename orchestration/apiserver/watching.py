@@ -1,0 +1,134 @@
+"""Watch streams: store events turned into API watch events, filtered and encoded once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..apis import ResourceType
+from ..store import Event, Store
+from .storage import Codec
+
+Matcher = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(slots=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: dict[str, Any]  # shared between watchers: treat as read-only
+    _line: bytes | None = None
+
+    def line(self) -> bytes:
+        """The event as one newline-terminated JSON line, as the watch wire format sends it."""
+        if self._line is None:
+            self._line = orjson.dumps({"type": self.type, "object": self.object}) + b"\n"
+        return self._line
+
+
+def _decoded(codec: Codec, rt: ResourceType, event: Event, which: str) -> dict[str, Any]:
+    # Every watcher of this event shares one decoded copy (and one encoded line per type).
+    memo_key = f"obj:{which}:{rt.api_version}"
+    obj = event.memo.get(memo_key)
+    if obj is None:
+        kv = event.kv if which == "cur" else event.prev
+        assert kv is not None
+        obj = codec.decode(rt, kv)
+        if which == "cur" and event.type == "DELETED":
+            obj["metadata"]["resourceVersion"] = str(event.kv.mod_revision)
+        event.memo[memo_key] = obj
+    return obj  # type: ignore[no-any-return]
+
+
+def to_watch_event(
+    codec: Codec, rt: ResourceType, event: Event, matches: Matcher | None
+) -> WatchEvent | None:
+    """Kubernetes' selector semantics: an object leaving the selection is seen as DELETED,
+    one entering it as ADDED."""
+    obj = _decoded(codec, rt, event, "cur")
+    etype = event.type
+    if matches is not None:
+        now = matches(obj)
+        before = (
+            matches(_decoded(codec, rt, event, "prev"))
+            if event.prev is not None and etype == "MODIFIED"
+            else etype != "ADDED" and now
+        )
+        if etype == "MODIFIED":
+            if now and not before:
+                etype = "ADDED"
+            elif before and not now:
+                etype = "DELETED"
+            elif not now:
+                return None
+        elif not now:
+            return None
+    memo_key = f"ev:{etype}:{rt.api_version}"
+    cached = event.memo.get(memo_key)
+    if cached is None:
+        cached = WatchEvent(etype, obj)
+        event.memo[memo_key] = cached
+    return cached  # type: ignore[no-any-return]
+
+
+async def watch_events(
+    store: Store,
+    codec: Codec,
+    rt: ResourceType,
+    prefix: str,
+    after: int,
+    matches: Matcher | None,
+    *,
+    bookmark_interval: float | None,
+    initial: list[WatchEvent] | None = None,
+) -> AsyncIterator[WatchEvent]:
+    """Events after revision ``after``; bookmarks (when asked) each ``bookmark_interval``
+    of silence carry the latest revision this stream has passed."""
+    for ev in initial or []:
+        yield ev
+    last = after
+    stream = store.watch(prefix, after).__aiter__()
+    # The pending read survives a bookmark timeout: cancelling it could break the stream.
+    pending: asyncio.Future[Event] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(stream.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=bookmark_interval)
+            if not done:
+                yield bookmark(rt, last)
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            last = event.revision
+            wev = to_watch_event(codec, rt, event, matches)
+            if wev is not None:
+                yield wev
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+def bookmark(rt: ResourceType, revision: int) -> WatchEvent:
+    return WatchEvent(
+        "BOOKMARK",
+        {
+            "kind": rt.kind,
+            "apiVersion": rt.api_version,
+            "metadata": {"resourceVersion": str(revision)},
+        },
+    )
