@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import copy
 import secrets
 import uuid
@@ -27,7 +28,7 @@ from ..store import (
     Store,
 )
 from . import errors
-from .admission import admit, has_spec, name_errors
+from .admission import admit, has_spec
 from .encryption import AESGCMTransformer
 from .errors import APIError
 from .patching import (
@@ -39,7 +40,7 @@ from .patching import (
 )
 from .resources import ResourceRegistry
 from .storage import Codec, list_prefix, object_key
-from .watching import WatchEvent, to_watch_event, watch_events
+from .watching import WatchEvent, watch_events
 
 _RETRIES = 8  # server-side retries of a patch that lost a compare-and-swap race
 _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # like Kubernetes: no vowels, no look-alikes
@@ -236,7 +237,7 @@ class API:
 
     async def _validate(
         self, rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, opts: Options
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Admission plus registered validators; returns warnings (unknown fields pruned)."""
         causes = admit(rt, obj, old)
         warnings: list[str] = []
@@ -253,6 +254,7 @@ class API:
     ) -> dict[str, Any]:
         opts = opts or Options()
         meta = self._check_identity(rt, obj, namespace)
+        body: dict[str, Any] = obj
         if not meta.get("name") and meta.get("generateName"):
             base = str(meta["generateName"])[:58]
             meta["name"] = base + "".join(secrets.choice(_GENERATE_CHARS) for _ in range(5))
@@ -271,14 +273,14 @@ class API:
         if opts.dry_run:
             if await self.store.get(key) is not None:
                 raise errors.already_exists(rt, meta["name"])
-            return obj
+            return body
         try:
             kv = await self.store.create(key, self.codec.encode(rt, key, obj))
         except KeyExistsError:
             raise errors.already_exists(rt, meta["name"]) from None
         meta["resourceVersion"] = str(kv.mod_revision)
         await self._after(rt, "create", None, obj)
-        return obj
+        return body
 
     async def _after(
         self, rt: ResourceType, verb: str, old: dict[str, Any] | None, new: dict[str, Any] | None
@@ -667,11 +669,6 @@ class API:
 
         return scale_of(await self.patch(rt, namespace, name, set_replicas, opts))
 
-    def resource_name_errors(self, rt: ResourceType, name: str) -> list[str]:
-        return name_errors(rt, name)
-
-    def watch_event(self, rt: ResourceType, event: Any) -> WatchEvent | None:
-        return to_watch_event(self.codec, rt, event, None)
 
 
 def scale_of(obj: dict[str, Any]) -> dict[str, Any]:

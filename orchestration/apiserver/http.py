@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from ..apis import ResourceType
+from ..store import CompactedError, WatchOverflowError
 from . import discovery, errors
 from .errors import APIError
 from .handling import API, Options
@@ -328,14 +329,12 @@ class HTTPFrontend:
             pass
         except (ConnectionResetError, asyncio.CancelledError):
             pass
-        except Exception as exc:  # the stream's own end: overflow, compaction, shutdown
-            err = (
-                APIError(410, str(exc), reason="Expired")
-                if "compact" in str(exc)
-                else APIError(500, f"watch ended: {exc}")
-            )
+        except CompactedError as exc:
+            err = APIError(410, f"too old resource version: {exc}", reason="Expired")
             with contextlib.suppress(Exception):
                 await resp.write(orjson.dumps({"type": "ERROR", "object": err.status()}) + b"\n")
+        except WatchOverflowError:
+            pass  # the client re-watches from the last resourceVersion it saw
         finally:
             self._watches.discard(task)
             with contextlib.suppress(Exception):
