@@ -11,6 +11,7 @@ import builtins
 import copy
 import secrets
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,9 @@ class API:
         self.store = store
         self.registry = registry or ResourceRegistry()
         self.codec = Codec(transformer)
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         # Hooks run after a committed write: (rt, verb, old, new). CRDs use one.
         self.after_write: list[Callable[[ResourceType, str, Any, Any], Any]] = []
         # Hooks validating a write beyond admission: return causes; CRD schemas use one.
@@ -406,7 +410,27 @@ class API:
 
         A patch that names a resourceVersion is a precondition and is not retried.
         """
-        opts = opts or Options()
+        # Patches of one object from this process take turns, so they do not race each
+        # other into conflicts; the retries are for writers in other processes.
+        key = object_key(rt, namespace, name)
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = self._key_locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._patch_locked(
+                rt, namespace, name, apply_patch, opts or Options(), subresource, create_if_missing
+            )
+
+    async def _patch_locked(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        apply_patch: Callable[[dict[str, Any] | None], dict[str, Any]],
+        opts: Options,
+        subresource: str,
+        create_if_missing: bool,
+    ) -> dict[str, Any]:
         for _ in range(_RETRIES):
             key = object_key(rt, namespace, name)
             kv = await self.store.get(key)
@@ -417,7 +441,11 @@ class API:
                 created.setdefault("metadata", {}).setdefault("name", name)
                 return await self.create(rt, namespace, created, opts)
             old = self.codec.decode(rt, kv)
-            new = apply_patch(copy.deepcopy(old))
+            # The patch sees the object without its resourceVersion, so one left in the result
+            # came from the patch itself: a precondition, checked once and never retried.
+            base = copy.deepcopy(old)
+            del base["metadata"]["resourceVersion"]
+            new = apply_patch(base)
             if not isinstance(new, dict):
                 raise errors.bad_request("the patch must produce a JSON object")
             meta = self._check_identity(rt, new, namespace)

@@ -1,0 +1,35 @@
+"""The cloud core: the built-in controllers (deployments, replica sets, garbage collection,
+namespaces, service accounts), run together by ``ControllerManager`` over any ``Client``."""
+
+from .controlling import (
+    SERVICES,
+    Controller,
+    ControllerManager,
+    Informers,
+    NamespaceIndex,
+    QueueShutDown,
+    WorkQueue,
+)
+from .deployments import DeploymentController, pod_template_hash
+from .garbagecollection import DEFAULT_RESOURCES, GarbageCollector, ObjectKey
+from .namespaces import NAMESPACED_RESOURCES, NamespaceController, ServiceAccountController
+from .replicasets import ReplicaSetController
+
+__all__ = [
+    "DEFAULT_RESOURCES",
+    "NAMESPACED_RESOURCES",
+    "SERVICES",
+    "Controller",
+    "ControllerManager",
+    "DeploymentController",
+    "GarbageCollector",
+    "Informers",
+    "NamespaceController",
+    "NamespaceIndex",
+    "ObjectKey",
+    "QueueShutDown",
+    "ReplicaSetController",
+    "ServiceAccountController",
+    "WorkQueue",
+    "pod_template_hash",
+]
