@@ -50,8 +50,16 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
     kubeconfig = data_dir / "kubeconfig"
     print(f"Starting the Orbiter cloud (data dir {data_dir}) ...", flush=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orbiter.cli", "cloud", "--data-dir", str(data_dir),
-         "--api-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "orbiter.cli",
+            "cloud",
+            "--data-dir",
+            str(data_dir),
+            "--api-port",
+            "0",
+        ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -59,20 +67,25 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
         _kubectl(kubeconfig, "version")
         _kubectl(kubeconfig, "get", "namespaces")
         _kubectl(kubeconfig, "apply", "-f", str(examples / "crds"))
-        _kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=30s",
-                 "crd/sensors.examples.orbiter.io")
+        _kubectl(
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/sensors.examples.orbiter.io",
+        )
         _kubectl(kubeconfig, "apply", "-f", str(examples))
         _kubectl(kubeconfig, "get", "deployments,replicasets,pods,configmaps")
         _kubectl(kubeconfig, "get", "sensors")
         _kubectl(kubeconfig, "scale", "deployment/thermo", "--replicas=3")
         _kubectl(kubeconfig, "get", "pods", "-l", "app=thermo")
-        print(
-            "\nPods stay Pending: no edge node has joined yet. The cloud keeps running "
-            "until you press Ctrl-C; in another shell:\n"
-            f"  export KUBECONFIG={kubeconfig}\n  kubectl get all",
-            flush=True,
-        )
+        print("\nPods stay Pending: no edge node has joined yet.", flush=True)
         if sys.stdin.isatty():
+            print(
+                "The cloud keeps running until you press Ctrl-C; in another shell:\n"
+                f"  export KUBECONFIG={kubeconfig}\n  kubectl get all",
+                flush=True,
+            )
             proc.wait()
         return 0
     except KeyboardInterrupt:

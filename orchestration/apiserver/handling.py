@@ -690,8 +690,8 @@ class API:
 
         def set_replicas(obj: dict[str, Any] | None) -> dict[str, Any]:
             assert obj is not None
-            if expected and expected != obj["metadata"]["resourceVersion"]:
-                raise errors.conflict(rt, name)
+            if expected:
+                obj["metadata"]["resourceVersion"] = expected  # a precondition
             obj.setdefault("spec", {})["replicas"] = replicas
             return obj
 

@@ -13,6 +13,9 @@ from ._base import (
     StoreError,
     WatchOverflowError,
 )
+from ._opening import open_store
+from ._postgres import PostgresStore
+from ._sqlite import SQLiteStore
 
 __all__ = [
     "CompactedError",
@@ -22,8 +25,11 @@ __all__ = [
     "KeyNotFoundError",
     "KeyValue",
     "ListResult",
+    "PostgresStore",
     "RevisionMismatchError",
+    "SQLiteStore",
     "Store",
     "StoreError",
     "WatchOverflowError",
+    "open_store",
 ]
