@@ -15,15 +15,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # mypy and import-linter need the import tree on disk; the product's folders are mapped by
-# setuptools, so build a tree of symlinks that mirrors the `orbiter.*` namespace.
-build/pkgview/orbiter: $(STAMP) $(wildcard orbiter/*.py)
-	rm -rf build/pkgview && mkdir -p build/pkgview/orbiter
-	for f in orbiter/*; do ln -s ../../../$$f build/pkgview/orbiter/; done
-	ln -s ../../../orchestration build/pkgview/orbiter/orchestration
-	ln -s ../../../ai-collab build/pkgview/orbiter/collab
-	ln -s ../../../edge-inference build/pkgview/orbiter/inference
-	ln -s ../../../models build/pkgview/orbiter/models
-	ln -s ../../../satellite build/pkgview/orbiter/satellite
+# setuptools, so copy them into a tree that mirrors the `orbiter.*` namespace.
+.PHONY: build/pkgview
+build/pkgview: $(STAMP)
+	rm -rf build/pkgview && mkdir -p build/pkgview
+	cp -r orbiter build/pkgview/orbiter
+	cp -r orchestration build/pkgview/orbiter/orchestration
+	cp -r ai-collab build/pkgview/orbiter/collab
+	cp -r edge-inference build/pkgview/orbiter/inference
+	cp -r models build/pkgview/orbiter/models
+	cp -r satellite build/pkgview/orbiter/satellite
+	find build/pkgview -name __pycache__ -prune -exec rm -rf {} +
 
 demo: $(STAMP)
 	$(BIN)/orbiter demo
@@ -31,11 +33,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: $(STAMP) build/pkgview/orbiter
+check: $(STAMP) build/pkgview
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd build/pkgview && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p orbiter
-	PYTHONPATH=build/pkgview $(BIN)/lint-imports --config pyproject.toml
+	cd build/pkgview && ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python bench/apiserver.py

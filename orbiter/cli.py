@@ -29,19 +29,42 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the Kubernetes-compatible API server and the cloud controllers. "
         "Writes DIR/kubeconfig (admin) holding the address it listens on.",
     )
-    cloud.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
-                       help="state, certificates, keys and the kubeconfig live here")
-    cloud.add_argument("--store", metavar="URL", default=None,
-                       help="sqlite:///PATH (default: DIR/state.db) or postgresql://USER@HOST/DB "
-                       "(several cloud replicas may share one PostgreSQL database)")
-    cloud.add_argument("--listen", metavar="ADDR", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    cloud.add_argument("--api-port", metavar="PORT", type=int, default=6443,
-                       help="HTTPS port of the API server (default 6443; 0 picks a free one)")
+    cloud.add_argument(
+        "--data-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="state, certificates, keys and the kubeconfig live here",
+    )
+    cloud.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="sqlite:///PATH (default: DIR/state.db) or postgresql://USER@HOST/DB "
+        "(several cloud replicas may share one PostgreSQL database)",
+    )
+    cloud.add_argument(
+        "--listen",
+        metavar="ADDR",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
+    cloud.add_argument(
+        "--api-port",
+        metavar="PORT",
+        type=int,
+        default=6443,
+        help="HTTPS port of the API server (default 6443; 0 picks a free one)",
+    )
 
     demo = sub.add_parser("demo", help="start a cloud, apply the examples and show them")
-    demo.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                      help="where the demo cloud keeps its state (default: a temporary dir)")
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the demo cloud keeps its state (default: a temporary dir)",
+    )
     return p
 
 

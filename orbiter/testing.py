@@ -35,7 +35,9 @@ class CloudThread:
         bookmark_interval: float = 1.0,
         start_timeout: float = 30.0,
     ) -> None:
-        self.cloud = Cloud(data_dir, store_url=store_url, port=0, bookmark_interval=bookmark_interval)
+        self.cloud = Cloud(
+            data_dir, store_url=store_url, port=0, bookmark_interval=bookmark_interval
+        )
         self._timeout = start_timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="orbiter-cloud")
