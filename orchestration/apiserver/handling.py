@@ -9,6 +9,7 @@ import asyncio
 import base64
 import builtins
 import copy
+import random
 import secrets
 import uuid
 import weakref
@@ -32,6 +33,7 @@ from . import errors
 from .admission import admit, has_spec
 from .encryption import AESGCMTransformer
 from .errors import APIError
+from .namespacing import NamespaceCache
 from .patching import (
     PatchError,
     apply_json_patch,
@@ -80,6 +82,10 @@ class API:
         self.store = store
         self.registry = registry or ResourceRegistry()
         self.codec = Codec(transformer)
+        ns_rt = self.registry.lookup("", "v1", "namespaces")
+        assert ns_rt is not None
+        self._namespace_rt = ns_rt
+        self.namespaces = NamespaceCache(store, self.codec, ns_rt)
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -224,19 +230,16 @@ class API:
             meta.pop("namespace", None)
         return meta
 
-    async def _check_namespace(self, rt: ResourceType, namespace: str) -> None:
+    async def _check_namespace(self, rt: ResourceType, namespace: str, name: str) -> None:
         if not rt.namespaced:
             return
-        ns_rt = self.registry.lookup("", "v1", "namespaces")
-        assert ns_rt is not None
-        kv = await self.store.get(object_key(ns_rt, "", namespace))
-        if kv is None:
-            raise errors.not_found(ns_rt, namespace)
-        ns = self.codec.decode(ns_rt, kv)
-        if ns["metadata"].get("deletionTimestamp"):
+        state = await self.namespaces.state(namespace)
+        if state is None:
+            raise errors.not_found(self._namespace_rt, namespace)
+        if state:
             raise errors.forbidden(
-                f'{rt.kind.lower()}s "{ns["metadata"]["name"]}" is forbidden: unable to create '
-                f"new content in namespace {namespace} because it is being terminated"
+                f'{rt.plural} "{name}" is forbidden: unable to create new content in '
+                f"namespace {namespace} because it is being terminated"
             )
 
     async def _validate(
@@ -265,13 +268,13 @@ class API:
         for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         meta.pop("managedFields", None)
-        meta["uid"] = str(uuid.uuid4())
+        meta["uid"] = str(uuid.UUID(int=random.getrandbits(128), version=4))
         meta["creationTimestamp"] = now_rfc3339()
         if has_spec(rt):
             meta["generation"] = 1
         if rt.custom and "status" in rt.subresources:
             obj.pop("status", None)  # status is written through /status only
-        await self._check_namespace(rt, namespace)
+        await self._check_namespace(rt, namespace, meta["name"])
         await self._validate(rt, obj, None, opts)
         key = object_key(rt, namespace, meta["name"])
         if opts.dry_run:
@@ -696,7 +699,6 @@ class API:
             return obj
 
         return scale_of(await self.patch(rt, namespace, name, set_replicas, opts))
-
 
 
 def scale_of(obj: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from ..store import Event, Store
 from .storage import Codec
 
 Matcher = Callable[[dict[str, Any]], bool]
+_BUFFER = 1000  # events a pump reads ahead of a slow watcher before it waits
 
 
 @dataclass(slots=True)
@@ -90,37 +92,70 @@ async def watch_events(
     of silence carry the latest revision this stream has passed."""
     for ev in initial or []:
         yield ev
+    stream = store.watch(prefix, after)
+    if bookmark_interval is None:
+        try:
+            async for event in stream:
+                wev = to_watch_event(codec, rt, event, matches)
+                if wev is not None:
+                    yield wev
+        finally:
+            await _aclose(stream)
+        return
+    # With bookmarks, silence must be noticed. Cancelling a pending read could break the
+    # store's stream, so one pump task per watch reads it into a small buffer, and the
+    # waiting (cancellable) happens on the buffer.
+    buf: collections.deque[Event] = collections.deque()
+    wake, space = asyncio.Event(), asyncio.Event()
+    ended: list[BaseException | None] = []
+
+    async def pump() -> None:
+        try:
+            async for event in stream:
+                buf.append(event)
+                wake.set()
+                if len(buf) >= _BUFFER:
+                    space.clear()
+                    await space.wait()
+            ended.append(None)
+        except Exception as exc:
+            ended.append(exc)
+        finally:
+            wake.set()
+            await _aclose(stream)
+
+    task = asyncio.create_task(pump(), name=f"watch-pump {prefix}")
     last = after
-    stream = store.watch(prefix, after).__aiter__()
-    # The pending read survives a bookmark timeout: cancelling it could break the stream.
-    pending: asyncio.Future[Event] | None = None
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=bookmark_interval)
-            if not done:
-                yield bookmark(rt, last)
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
+            while buf:
+                event = buf.popleft()
+                space.set()
+                last = event.revision
+                wev = to_watch_event(codec, rt, event, matches)
+                if wev is not None:
+                    yield wev
+            if ended:
+                if ended[0] is not None:
+                    raise ended[0]
                 return
-            finally:
-                pending = None
-            last = event.revision
-            wev = to_watch_event(codec, rt, event, matches)
-            if wev is not None:
-                yield wev
+            wake.clear()
+            try:
+                async with asyncio.timeout(bookmark_interval):
+                    await wake.wait()
+            except TimeoutError:
+                yield bookmark(rt, last)
     finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _aclose(stream: AsyncIterator[Event]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def bookmark(rt: ResourceType, revision: int) -> WatchEvent:
