@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..apis import ResourceType
+from .selectors import LabelSelector, SelectorError
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(
@@ -110,6 +111,16 @@ def has_spec(rt: ResourceType) -> bool:
 # --- per-kind defaulting (in place) and validation -----------------------------------------
 
 
+def _lists(spec: dict[str, Any], *fields: str) -> list[Any]:
+    """The items of the list fields that are lists (validation reports the others)."""
+    out: list[Any] = []
+    for f in fields:
+        value = spec.get(f)
+        if isinstance(value, list):
+            out += value
+    return out
+
+
 def _pod_spec_defaults(spec: dict[str, Any]) -> None:
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("dnsPolicy", "ClusterFirst")
@@ -117,7 +128,7 @@ def _pod_spec_defaults(spec: dict[str, Any]) -> None:
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("securityContext", {})
     spec.setdefault("serviceAccountName", spec.get("serviceAccount", "default"))
-    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+    for c in _lists(spec, "containers", "initContainers"):
         if not isinstance(c, dict):
             continue
         c.setdefault("terminationMessagePath", "/dev/termination-log")
@@ -129,7 +140,7 @@ def _pod_spec_defaults(spec: dict[str, Any]) -> None:
             "imagePullPolicy",
             "Always" if tagless or image.endswith(":latest") else "IfNotPresent",
         )
-        for p in c.get("ports") or []:
+        for p in c.get("ports") if isinstance(c.get("ports"), list) else []:
             if isinstance(p, dict):
                 p.setdefault("protocol", "TCP")
 
@@ -142,7 +153,10 @@ def _pod_spec_errors(spec: Any, path: str) -> Causes:
     if not isinstance(containers, list) or not containers:
         return [(f"{path}.containers", "Required value")]
     seen: set[str] = set()
-    for i, c in enumerate(containers + (spec.get("initContainers") or [])):
+    init = spec.get("initContainers")
+    if init is not None and not isinstance(init, list):
+        causes.append((f"{path}.initContainers", "Invalid value: must be a list"))
+    for i, c in enumerate(_lists(spec, "containers", "initContainers")):
         cp = f"{path}.containers[{i}]"
         if not isinstance(c, dict):
             causes.append((cp, "Invalid value: must be an object"))
@@ -178,23 +192,6 @@ def _pod(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     return _pod_spec_errors(spec, "spec")
 
 
-def _selector_matches(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In" and labels.get(key) not in values:
-            return False
-        if op == "NotIn" and labels.get(key) in values:
-            return False
-        if op == "Exists" and key not in labels:
-            return False
-        if op == "DoesNotExist" and key in labels:
-            return False
-    return True
-
-
 def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     spec = obj.setdefault("spec", {})
     if not isinstance(spec, dict):
@@ -214,12 +211,20 @@ def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
         )
     selector = spec.get("selector")
     template = spec.get("template") or {}
+    if not isinstance(template, dict) or not isinstance(template.get("metadata") or {}, dict):
+        return [*causes, ("spec.template", "Invalid value: must be an object with metadata")]
     labels = (template.get("metadata") or {}).get("labels") or {}
+    parsed: LabelSelector | None = None
     if not isinstance(selector, dict) or not (
         selector.get("matchLabels") or selector.get("matchExpressions")
     ):
         causes.append(("spec.selector", "Required value"))
-    elif not _selector_matches(selector, labels):
+    else:
+        try:
+            parsed = LabelSelector.from_dict(selector)
+        except SelectorError as exc:
+            causes.append(("spec.selector", f"Invalid value: {exc}"))
+    if parsed is not None and not parsed.matches(labels if isinstance(labels, dict) else {}):
         causes.append(
             (
                 "spec.template.metadata.labels",
@@ -337,6 +342,12 @@ HOOKS: dict[tuple[str, str], KindHook] = {
 def admit(rt: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     """Default ``obj`` in place and return what is invalid about it (empty: admitted)."""
     causes = metadata_errors(rt, obj["metadata"])
+    if not rt.custom:  # custom resources have their own schema for this
+        for field in ("spec", "status"):
+            if field in obj and obj[field] is not None and not isinstance(obj[field], dict):
+                causes.append((field, f"Invalid value: {obj[field]!r}: must be an object"))
+        if causes:
+            return causes
     hook = HOOKS.get((rt.group, rt.plural))
     if hook is not None:
         causes += hook(obj, old)
