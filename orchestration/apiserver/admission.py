@@ -140,7 +140,8 @@ def _pod_spec_defaults(spec: dict[str, Any]) -> None:
             "imagePullPolicy",
             "Always" if tagless or image.endswith(":latest") else "IfNotPresent",
         )
-        for p in c.get("ports") if isinstance(c.get("ports"), list) else []:
+        ports = c.get("ports")
+        for p in ports if isinstance(ports, list) else []:
             if isinstance(p, dict):
                 p.setdefault("protocol", "TCP")
 

@@ -274,7 +274,8 @@ class API:
             meta["generation"] = 1
         if rt.custom and "status" in rt.subresources:
             obj.pop("status", None)  # status is written through /status only
-        await self._check_namespace(rt, namespace, meta["name"])
+        # No name yet is for validation to refuse (422), after the namespace check.
+        await self._check_namespace(rt, namespace, str(meta.get("name") or ""))
         await self._validate(rt, obj, None, opts)
         key = object_key(rt, namespace, meta["name"])
         if opts.dry_run:
@@ -341,6 +342,13 @@ class API:
     ) -> dict[str, Any]:
         """Write ``obj`` over ``old`` (read at ``kv``): keep what clients may not change."""
         name = old["metadata"]["name"]
+        given_uid = (obj.get("metadata") or {}).get("uid")
+        if given_uid and given_uid != old["metadata"].get("uid"):
+            # A body naming another uid was meant for another object (one deleted and
+            # re-created under this name): refuse it, as kube-apiserver does.
+            raise errors.invalid(
+                rt, name, [("metadata.uid", f'Invalid value: "{given_uid}": field is immutable')]
+            )
         if subresource == "finalize":
             finalizers = (obj.get("spec") or {}).get("finalizers") or []
             obj = copy.deepcopy(old)
@@ -501,14 +509,22 @@ class API:
                 "application/apply-patch+yaml",
             )
         if subresource == "scale":
-            if patch_type not in ("merge", "json"):
-                raise APIError(415, "the scale subresource accepts JSON patch and merge patch")
+            # Scale is a built-in kind: strategic merge (what the kubernetes client sends for a
+            # dict body) works on it as on any other; it has no lists, so no merge keys.
+            scale_appliers: dict[str, Callable[[Any, Any], Any]] = {
+                "json": apply_json_patch,
+                "merge": apply_merge_patch,
+                "strategic": lambda doc, p: apply_strategic_merge_patch(doc, p, "Scale"),
+            }
+            scale_applier = scale_appliers.get(patch_type)
+            if scale_applier is None:
+                raise APIError(
+                    415,
+                    "the scale subresource accepts JSON patch, merge patch and strategic merge "
+                    "patch",
+                )
             scale = await self.get_scale(rt, namespace, name)
-            new = (
-                apply_merge_patch(scale, patch)
-                if patch_type == "merge"
-                else apply_json_patch(scale, patch)
-            )
+            new = scale_applier(scale, patch)
             return await self.update_scale(rt, namespace, name, new, opts)
         if patch_type == "apply":
             if not opts.field_manager:

@@ -217,8 +217,14 @@ class HTTPFrontend:
                 continue_token=q.get("continue", ""),
             )
             return self._maybe_table(request, rt, listed["items"], listed)
+        dry_run = q.getall("dryRun", [])
+        for value in dry_run:
+            if value != "All":
+                raise errors.bad_request(
+                    f'dryRun: Unsupported value: "{value}": supported values: "All"'
+                )
         opts = Options(
-            dry_run=bool(q.getall("dryRun", [])),
+            dry_run=bool(dry_run),
             field_validation=q.get("fieldValidation", ""),
             field_manager=q.get("fieldManager", ""),
             force=q.get("force") in ("true", "1"),
@@ -295,13 +301,26 @@ class HTTPFrontend:
         q = request.query
         timeout = float(_int_param(q, "timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
-        stream = await self.api.watch(
-            rt,
-            namespace,
-            resource_version=q.get("resourceVersion", ""),
-            matches=matches,
-            bookmark_interval=self.bookmark_interval if bookmarks else None,
-        )
+        try:
+            stream = await self.api.watch(
+                rt,
+                namespace,
+                resource_version=q.get("resourceVersion", ""),
+                matches=matches,
+                bookmark_interval=self.bookmark_interval if bookmarks else None,
+            )
+        except APIError as exc:
+            if exc.code != 410:
+                raise
+            # Like kube-apiserver: a watch from a compacted revision is a 200 stream holding one
+            # ERROR event. Clients (kopf, client-go, the kubernetes client) re-list on it; an
+            # HTTP 410 is a failed request to some of them.
+            gone = web.StreamResponse(headers={"Content-Type": "application/json"})
+            gone.enable_chunked_encoding()
+            await gone.prepare(request)
+            await gone.write(orjson.dumps({"type": "ERROR", "object": exc.status()}) + b"\n")
+            await gone.write_eof()
+            return gone
         table = _wants_table(request)
         include = q.get("includeObject", "Metadata")
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})

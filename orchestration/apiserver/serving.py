@@ -102,6 +102,7 @@ class APIServer:
         await self.store.start()
         try:
             self._api = API(self.store, transformer=transformer)
+            await self._api.namespaces.start()
             self._crds = CustomResources(self._api)
             await self._crds.start()
             await self._bootstrap()
@@ -134,8 +135,19 @@ class APIServer:
                 await self._compactor
             self._compactor = None
         if self._runner is not None:
+            server = self._runner.server
+            transports = [
+                h.transport for h in (server.connections if server else []) if h.transport
+            ]
             await self._runner.cleanup()
+            # aiohttp closes idle keep-alive connections, but a TLS close then waits for the
+            # client's close_notify (up to asyncio's 30 s ssl_shutdown_timeout) and the socket
+            # outlives stop(). A stopped server holds no sockets: drop whatever is left.
+            for transport in transports:
+                transport.abort()
             self._runner = None
+        if self._api is not None:
+            await self._api.namespaces.close()
         if self._crds is not None:
             await self._crds.close()
             self._crds = None

@@ -3,7 +3,8 @@ clients work), raw HTTPS, kubectl with a fresh discovery cache, and ``orbiter cl
 subprocesses stopped by their PID.
 
 The cloud's controllers are not needed here: ``ServerThread`` runs ``APIServer`` alone. Tests
-that need the controllers (namespace deletion) use ``orbiter.testing.CloudThread``.
+that need them (garbage collection, namespace deletion) use ``orbiter.testing.CloudThread``;
+``orbiter cloud`` subprocesses run them too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from orbiter.orchestration.apiserver import APIServer
 from orbiter.orchestration.store import Store
 
@@ -152,9 +154,7 @@ class RawClient:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             hdrs["Content-Type"] = content_type
-        conn = http.client.HTTPSConnection(
-            self.host, self.port, context=self.ssl, timeout=timeout
-        )
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=timeout)
         try:
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
@@ -174,9 +174,7 @@ class RawClient:
         self, path: str, *, timeout: float = 30.0
     ) -> tuple[http.client.HTTPSConnection, http.client.HTTPResponse]:
         """A GET whose body is read incrementally (watches); the caller closes the conn."""
-        conn = http.client.HTTPSConnection(
-            self.host, self.port, context=self.ssl, timeout=timeout
-        )
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl, timeout=timeout)
         hdrs = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         conn.request("GET", path, headers=hdrs)
         return conn, conn.getresponse()
@@ -258,8 +256,8 @@ class CloudProcess:
         return self.log.read_text(errors="replace")
 
     def client(self) -> RawClient:
-        return RawClient(self.url, self.data_dir / "ca.crt", (self.data_dir / "admin.token")
-                         .read_text().strip())  # fmt: skip
+        token = (self.data_dir / "admin.token").read_text().strip()
+        return RawClient(self.url, self.data_dir / "ca.crt", token)
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> str:
         """Wait for the 'listening' line this process prints (its log is its own file)."""
@@ -408,8 +406,6 @@ SENSORS = "/apis/examples.orbiter.io/v1/namespaces/default/sensors"
 
 def install_sensor_crd(client: RawClient) -> None:
     """Create the Sensor CRD over HTTPS and wait until its resource is served."""
-    import yaml
-
     client.json(
         "POST",
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",

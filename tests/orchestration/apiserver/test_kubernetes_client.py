@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, config, dynamic, watch
 from kubernetes.aio import client as aclient
 from kubernetes.aio import config as aconfig
 from kubernetes.aio import watch as awatch
@@ -34,6 +35,8 @@ async def aio_client(server: ServerThread) -> AsyncIterator[aclient.ApiClient]:
         yield api
     finally:
         await api.close()
+        # aiohttp's client reads netrc and proxy settings on the loop's default executor.
+        await asyncio.get_running_loop().shutdown_default_executor()
 
 
 def configmap(name: str, **data: str) -> dict[str, Any]:
@@ -138,9 +141,7 @@ def test_core_v1_crud(api_client: client.ApiClient) -> None:
 def test_custom_objects_crud(api_client: client.ApiClient) -> None:
     install_crd(api_client)
     objs = client.CustomObjectsApi(api_client)
-    created = objs.create_namespaced_custom_object(
-        GROUP, VERSION, "default", PLURAL, sensor("s1")
-    )
+    created = objs.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, sensor("s1"))
     assert created["spec"] == {"gateway": "gw-north", "unit": "celsius", "intervalSeconds": 60}
     got = objs.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "s1")
     assert got["metadata"]["uid"] == created["metadata"]["uid"]
@@ -186,6 +187,75 @@ def test_custom_objects_crud(api_client: client.ApiClient) -> None:
     with pytest.raises(ApiException) as info:
         objs.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "s1")
     assert info.value.status == 404
+
+
+def test_apps_v1_deployment_and_its_scale(api_client: client.ApiClient) -> None:
+    apps = client.AppsV1Api(api_client)
+    labels = {"app": "thermo"}
+    made = apps.create_namespaced_deployment(
+        "default",
+        {
+            "metadata": {"name": "thermo", "labels": labels},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "python:3.11"}]},
+                },
+            },
+        },
+    )
+    assert isinstance(made, client.V1Deployment)
+    assert made.metadata.generation == 1
+    scale = apps.read_namespaced_deployment_scale("thermo", "default")
+    assert isinstance(scale, client.V1Scale)
+    assert scale.spec.replicas == 2
+    # A dict body is sent as a strategic merge patch, which /scale accepts like any built-in.
+    patched = apps.patch_namespaced_deployment_scale("thermo", "default", {"spec": {"replicas": 4}})
+    assert patched.spec.replicas == 4
+    scale = apps.read_namespaced_deployment_scale("thermo", "default")
+    scale.spec.replicas = 1
+    assert apps.replace_namespaced_deployment_scale("thermo", "default", scale).spec.replicas == 1
+    deployment = apps.read_namespaced_deployment("thermo", "default")
+    assert deployment.spec.replicas == 1
+    assert deployment.metadata.generation == 3  # two scale changes
+    # Strategic merge on the pod template merges containers by name.
+    containers_patch = [
+        {"name": "c", "image": "python:3.12"},
+        {"name": "side", "image": "busybox"},
+    ]
+    patch = {"spec": {"template": {"spec": {"containers": containers_patch}}}}
+    patched_dep = apps.patch_namespaced_deployment("thermo", "default", patch)
+    containers = patched_dep.spec.template.spec.containers
+    assert [(c.name, c.image) for c in containers] == [("c", "python:3.12"), ("side", "busybox")]
+
+
+def test_dynamic_client(api_client: client.ApiClient) -> None:
+    """The discovery-driven client: it finds kinds (a CRD's too) through /api and /apis."""
+    dyn = dynamic.DynamicClient(api_client)
+    cms = dyn.resources.get(api_version="v1", kind="ConfigMap")
+    cms.create(body={"metadata": {"name": "d"}, "data": {"x": "1"}}, namespace="default")
+    got = cms.patch(name="d", namespace="default", body={"data": {"y": "2"}},
+                    content_type="application/merge-patch+json")  # fmt: skip
+    assert dict(got.data) == {"x": "1", "y": "2"}
+    applied = cms.server_side_apply(
+        body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "e"}, "data": {}},
+        namespace="default", field_manager="tests",
+    )  # fmt: skip
+    assert applied.metadata.name == "e"
+    assert sorted(i.metadata.name for i in cms.get(namespace="default").items) == ["d", "e"]
+
+    install_crd(api_client)
+    dyn.resources.invalidate_cache()
+    sensors = dyn.resources.get(api_version=f"{GROUP}/{VERSION}", kind="Sensor")
+    sensors.create(body=sensor("s1"), namespace="default")
+    status = sensors.status.patch(
+        name="s1", namespace="default", body={"status": {"lastValue": 1.5}},
+        content_type="application/merge-patch+json",
+    )  # fmt: skip
+    assert status.status.lastValue == 1.5
+    assert sensors.get(name="s1", namespace="default").spec.intervalSeconds == 60
 
 
 def _events_until(
@@ -359,4 +429,3 @@ async def test_aio_watch_resumes_and_410s(
             async for _ in stream:
                 pytest.fail("a watch from a compacted revision must not deliver events")
     assert info.value.status == 410
-
