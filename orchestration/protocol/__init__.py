@@ -1,0 +1,43 @@
+"""What cloud and edge say to each other: KubeEdge's message envelope."""
+
+from .messages import (
+    DELETE,
+    ERROR,
+    GROUP_META,
+    GROUP_RESOURCE,
+    GROUP_TWIN,
+    GROUP_USER,
+    INSERT,
+    KEEPALIVE,
+    MAX_FRAME,
+    PATCH,
+    QUERY,
+    RESPONSE,
+    UPDATE,
+    UPLOAD,
+    Message,
+    MessageError,
+    parse_resource,
+    resource_path,
+)
+
+__all__ = [
+    "DELETE",
+    "ERROR",
+    "GROUP_META",
+    "GROUP_RESOURCE",
+    "GROUP_TWIN",
+    "GROUP_USER",
+    "INSERT",
+    "KEEPALIVE",
+    "MAX_FRAME",
+    "PATCH",
+    "QUERY",
+    "RESPONSE",
+    "UPDATE",
+    "UPLOAD",
+    "Message",
+    "MessageError",
+    "parse_resource",
+    "resource_path",
+]
