@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -14,14 +13,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .files import write_private
+
 _CA_DAYS = 3650
 _SERVING_DAYS = 365
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -78,7 +73,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
         crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(cert, key)
 
@@ -157,7 +152,7 @@ def serving_context(
     if current is None:
         cert, key = ca.issue("orbiter-apiserver", hosts=hosts, server=True)
         assert key is not None
-        _write_private(key_path, _key_pem(key))
+        write_private(key_path, _key_pem(key))
         crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca.cert_pem)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(crt, key_path)

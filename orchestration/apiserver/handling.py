@@ -9,7 +9,6 @@ import asyncio
 import base64
 import builtins
 import copy
-import random
 import secrets
 import uuid
 import weakref
@@ -268,7 +267,7 @@ class API:
         for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
         meta.pop("managedFields", None)
-        meta["uid"] = str(uuid.UUID(int=random.getrandbits(128), version=4))
+        meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         if has_spec(rt):
             meta["generation"] = 1
@@ -350,9 +349,21 @@ class API:
                 rt, name, [("metadata.uid", f'Invalid value: "{given_uid}": field is immutable')]
             )
         if subresource == "finalize":
-            finalizers = (obj.get("spec") or {}).get("finalizers") or []
+            spec = obj.get("spec")
+            finalizers = spec.get("finalizers") if isinstance(spec, dict) else None
+            if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+                raise errors.invalid(
+                    rt, name, [("spec.finalizers", "Invalid value: must be a list of strings")]
+                )
             obj = copy.deepcopy(old)
             obj.setdefault("spec", {})["finalizers"] = finalizers
+        elif subresource == "binding":
+            # What a binding may change: the node (once) and the PodScheduled condition.
+            node = obj["spec"]["nodeName"]
+            status = obj.get("status")
+            obj = copy.deepcopy(old)
+            obj.setdefault("spec", {})["nodeName"] = node
+            obj["status"] = status
         elif subresource == "status":
             status = obj.get("status")
             obj = copy.deepcopy(old)
@@ -381,7 +392,7 @@ class API:
         if has_spec(rt):
             changed = _spec_of(obj) != _spec_of(old)
             meta["generation"] = old_meta.get("generation", 1) + (1 if changed else 0)
-        if subresource not in ("status", "finalize"):
+        if subresource not in ("finalize", "binding"):
             await self._validate(rt, obj, old, opts)
         if opts.dry_run:
             return obj
@@ -524,6 +535,9 @@ class API:
                     "patch",
                 )
             scale = await self.get_scale(rt, namespace, name)
+            del scale["metadata"][
+                "resourceVersion"
+            ]  # only a patch that names one is a precondition
             new = scale_applier(scale, patch)
             return await self.update_scale(rt, namespace, name, new, opts)
         if patch_type == "apply":
@@ -577,6 +591,8 @@ class API:
         if options.get("orphanDependents") is True:
             policy = "Orphan"
         pre = options.get("preconditions") or {}
+        if not isinstance(pre, dict):
+            raise errors.bad_request("DeleteOptions.preconditions must be an object")
         for _ in range(_RETRIES):
             kv, obj = await self._current(rt, namespace, name)
             meta = obj["metadata"]
@@ -682,7 +698,7 @@ class API:
             )
             return pod
 
-        await self.patch(rt, namespace, name, assign, subresource="status")
+        await self.patch(rt, namespace, name, assign, subresource="binding")
         return {
             "kind": "Status",
             "apiVersion": "v1",

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import yaml
 from aiohttp import web
 
 from ..apis import ResourceType
@@ -19,12 +18,13 @@ from . import discovery, errors
 from .errors import APIError
 from .handling import API, Options
 from .openapi import OpenAPIDocs
-from .patching import PatchError, decode_patch
+from .patching import PatchError, decode_patch, load_yaml
 from .selection import build_matcher
 from .tables import to_table
 
 log = logging.getLogger(__name__)
 
+_MAX_INT_PARAM = 2**31 - 1  # limit and timeoutSeconds are int32/int64 in Kubernetes
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request size limit
 DEFAULT_WATCH_TIMEOUT = 1800.0
 _ANONYMOUS = frozenset({"/version", "/livez", "/readyz", "/healthz"})
@@ -73,9 +73,11 @@ class HTTPFrontend:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return None
-        given = header[7:].strip()
+        given = header[7:].strip(" \t").encode("utf-8", "surrogateescape")
+        if not given:
+            return None
         for token, user in self.tokens.items():
-            if hmac.compare_digest(token, given):
+            if hmac.compare_digest(token.encode(), given):
                 return user
         return None
 
@@ -249,6 +251,10 @@ class HTTPFrontend:
         if method == "PATCH" and name:
             return _json(await self._patch(request, rt, ns, name, sub, opts))
         if method == "DELETE":
+            if sub:
+                raise errors.method_not_allowed(rt, f"DELETE on {rt.plural}/{sub}")
+            if not name and rt.namespaced and namespace is None:
+                raise errors.method_not_allowed(rt, "DELETE of a collection across namespaces")
             raw = await request.read()
             options = _decode_json(raw) if raw.strip() else {}
             if not isinstance(options, dict):
@@ -374,11 +380,13 @@ def _int_param(q: Any, name: str) -> int:
     if raw in (None, ""):
         return 0
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 18 else -1
     except ValueError:
         raise errors.bad_request(f"{name}: invalid value {raw!r}: must be an integer") from None
-    if value < 0:
-        raise errors.bad_request(f"{name}: invalid value {value}: must not be negative")
+    if not 0 <= value <= _MAX_INT_PARAM:
+        raise errors.bad_request(
+            f"{name}: invalid value {raw!r}: must be between 0 and {_MAX_INT_PARAM}"
+        )
     return value
 
 
@@ -394,9 +402,10 @@ async def _body(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype in ("application/yaml", "application/x-yaml"):
         try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise errors.bad_request(f"the request body is not valid YAML: {exc}") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.bad_request("the request body is not UTF-8") from None
+        return load_yaml(text, "the request body")
     if ctype and ctype not in ("application/json", "application/octet-stream", "text/plain"):
         raise APIError(
             415,

@@ -107,6 +107,19 @@ def _yaml_to_json(value: Any, budget: list[int]) -> Any:
     raise PatchError(400, f"apply patch: value of type {type(value).__name__} is not JSON")
 
 
+def load_yaml(text: str, what: str) -> Any:
+    """YAML read the way Kubernetes reads it (as JSON), with alias expansion capped."""
+    try:
+        loaded = yaml.load(text, Loader=_JSONishLoader)
+        return _yaml_to_json(loaded, [_MAX_NODES])
+    except yaml.YAMLError as e:
+        raise PatchError(400, f"{what} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise PatchError(
+            400, f"{what} nests too deeply (or its aliases refer to themselves)"
+        ) from None
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -128,11 +141,7 @@ def decode_patch(content_type: str, body: bytes) -> tuple[str, Any]:
     if not text.strip():
         raise PatchError(400, f"{name} patch body is empty")
     if name == "apply":
-        try:
-            loaded = yaml.load(text, Loader=_JSONishLoader)
-        except yaml.YAMLError as e:
-            raise PatchError(400, f"apply patch is not valid YAML: {e}") from None
-        data = _yaml_to_json(loaded, [_MAX_NODES])
+        data = load_yaml(text, "apply patch")
         if not isinstance(data, dict):
             raise PatchError(400, "apply patch must be an object (a YAML mapping)")
         return name, data
@@ -140,6 +149,8 @@ def decode_patch(content_type: str, body: bytes) -> tuple[str, Any]:
         return name, json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:
         raise PatchError(400, f"{name} patch is not valid JSON: {e}") from None
+    except RecursionError:
+        raise PatchError(400, f"{name} patch nests too deeply") from None
 
 
 # --- JSON patch (RFC 6902) ------------------------------------------------------------------
@@ -254,9 +265,13 @@ def _validate_ops(ops: Any) -> list[dict[str, Any]]:
     return ops
 
 
+MAX_COPIED_BYTES = 3 * 1024 * 1024  # the request cap: a patch may not grow an object more
+
+
 def apply_json_patch(doc: Any, ops: Any) -> Any:
     """Apply an RFC 6902 JSON patch; the operations run in order, all or nothing."""
     result = copy_json(doc)
+    copied_bytes = 0
     for i, op in enumerate(_validate_ops(ops)):
         name, pointer = op["op"], op["path"]
         path = _parse_pointer(pointer, "path")
@@ -278,6 +293,12 @@ def apply_json_patch(doc: Any, ops: Any) -> Any:
                 source = _parse_pointer(op["from"], "from")
                 value = _resolve(result, source, op["from"])
                 if name == "copy":
+                    # Copies are the one way a small patch grows a document without bound.
+                    copied_bytes += len(json.dumps(value))
+                    if copied_bytes > MAX_COPIED_BYTES:
+                        raise PatchError(
+                            422, f"copies add over {MAX_COPIED_BYTES} bytes to the object"
+                        )
                     result = _add(result, path, copy_json(value), pointer)
                 elif path != source:
                     if path[: len(source)] == source:

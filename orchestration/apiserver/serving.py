@@ -20,6 +20,7 @@ from .certificates import CertificateAuthority, serving_context, serving_hosts
 from .customresources import CustomResources
 from .encryption import AESGCMTransformer
 from .errors import APIError
+from .files import write_private
 from .handling import API
 from .http import HTTPFrontend
 
@@ -32,10 +33,11 @@ KEEP_REVISIONS = 1000  # compaction keeps at least this much history, as kine do
 def admin_token(data_dir: Path) -> str:
     path = data_dir / "admin.token"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+        write_private(path, secrets.token_urlsafe(32).encode())
+    token = path.read_text().strip()
+    if len(token) < 32:
+        raise RuntimeError(f"{path} holds no usable token; delete it to have a new one made")
+    return token
 
 
 class APIServer:
@@ -53,6 +55,7 @@ class APIServer:
         port: int = 6443,
         bookmark_interval: float = 60.0,
         compact_interval: float = 300.0,
+        encryption_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.store_url = store_url or f"sqlite:///{self.data_dir / 'state.db'}"
@@ -60,6 +63,7 @@ class APIServer:
         self.requested_port = port
         self.bookmark_interval = bookmark_interval
         self.compact_interval = compact_interval
+        self.encryption_key_file = Path(encryption_key_file) if encryption_key_file else None
         self.port = 0
         self.store: Store | None = None
         self._api: API | None = None
@@ -97,7 +101,9 @@ class APIServer:
         os.chmod(self.data_dir, 0o700)
         ca = CertificateAuthority.load_or_create(self.data_dir)
         ssl_ctx = serving_context(ca, self.data_dir, serving_hosts(self.listen))
-        transformer = AESGCMTransformer.from_data_dir(self.data_dir)
+        transformer = AESGCMTransformer.from_file(
+            self.encryption_key_file or self.data_dir / "encryption.key"
+        )
         self.store = open_store(self.store_url)
         await self.store.start()
         try:
@@ -112,7 +118,11 @@ class APIServer:
                 bookmark_interval=self.bookmark_interval,
                 ready=lambda: self._ready,
             )
-            self._runner = web.AppRunner(frontend.app(), access_log=None, shutdown_timeout=2.0)
+            # handler_cancellation: a watch whose client went away ends at once, not at its
+            # timeout or next event.
+            self._runner = web.AppRunner(
+                frontend.app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True
+            )
             await self._runner.setup()
             sock = _bind(self.listen, self.requested_port)
             self.port = sock.getsockname()[1]

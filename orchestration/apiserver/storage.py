@@ -13,8 +13,10 @@ import orjson
 from ..apis import ResourceType
 from ..store import KeyValue
 from .encryption import AESGCMTransformer
+from .errors import APIError
 
 ENCRYPTED_RESOURCES = frozenset({("", "secrets")})
+MAX_OBJECT_BYTES = 3 * 1024 * 1024 // 2  # etcd's default request limit, which kine shares
 
 
 def type_prefix(rt: ResourceType) -> str:
@@ -49,6 +51,12 @@ class Codec:
         finally:
             if rv is not None:
                 meta["resourceVersion"] = rv
+        if len(raw) > MAX_OBJECT_BYTES:
+            raise APIError(
+                413,
+                f"the object is {len(raw)} bytes once encoded, over the limit of "
+                f"{MAX_OBJECT_BYTES} bytes",
+            )
         if self._encrypts(rt):
             assert self._transformer is not None
             return self._transformer.encrypt(raw, key.encode())

@@ -18,6 +18,7 @@ class Cloud:
         listen: str = "127.0.0.1",
         port: int = 6443,
         bookmark_interval: float = 60.0,
+        encryption_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.server = APIServer(
             data_dir,
@@ -25,6 +26,7 @@ class Cloud:
             listen=listen,
             port=port,
             bookmark_interval=bookmark_interval,
+            encryption_key_file=encryption_key_file,
         )
         self._controllers: ControllerManager | None = None
         self._client: LocalClient | None = None

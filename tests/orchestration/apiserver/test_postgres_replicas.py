@@ -33,8 +33,10 @@ def next_event(resp: Any) -> dict[str, Any]:
 def replicas(
     postgres_database: str, start_cloud: Callable[..., CloudProcess], tmp_path: Path
 ) -> tuple[RawClient, RawClient]:
-    a = start_cloud(tmp_path / "a", "--store", postgres_database)
-    b = start_cloud(tmp_path / "b", "--store", postgres_database)
+    # Replicas share the Secret encryption key, as they must to read each other's Secrets.
+    key = tmp_path / "encryption.key"
+    a = start_cloud(tmp_path / "a", "--store", postgres_database, "--encryption-key-file", str(key))
+    b = start_cloud(tmp_path / "b", "--store", postgres_database, "--encryption-key-file", str(key))
     ca, cb = a.client(), b.client()
     assert ca.token != cb.token
     assert (tmp_path / "a" / "ca.crt").read_bytes() != (tmp_path / "b" / "ca.crt").read_bytes()
@@ -112,3 +114,12 @@ def test_a_crd_created_on_one_replica_is_served_by_the_other(
     made = b.json("POST", SENSORS, sensor, expect=201)
     assert made["spec"]["intervalSeconds"] == 60
     assert a.json("GET", f"{SENSORS}/s1")["metadata"]["uid"] == made["metadata"]["uid"]
+
+
+def test_a_secret_written_through_one_replica_reads_on_the_other(
+    replicas: tuple[RawClient, RawClient],
+) -> None:
+    a, b = replicas
+    secrets_path = "/api/v1/namespaces/default/secrets"
+    a.json("POST", secrets_path, {"metadata": {"name": "s"}, "stringData": {"k": "v"}}, expect=201)
+    assert b.json("GET", f"{secrets_path}/s")["data"] == {"k": "dg=="}
