@@ -347,6 +347,12 @@ class PostgresStore(Store):
                     compacted = int(await self._pool.fetchval(COMPACTED))
                 if last < compacted:  # ids a compaction removed will never come
                     last = min(compacted, row[0] - 1)
+                    # Their events are lost to this process: publish what came before, then
+                    # send every watcher back to a list rather than let it miss them.
+                    if events:
+                        self._hub.publish(events, events[-1].revision)
+                        events = []
+                    self._hub.expire(last)
                 if row[0] != last + 1:
                     break
             last = row[0]

@@ -434,8 +434,10 @@ class SQLiteStore(Store):
                     if not conn.in_transaction:  # SQLite rolled back the whole batch
                         raise
                     outcomes.append((None, StoreError(f"write failed: {exc}")))
+                except Exception as exc:  # one bad write must not stop the writer thread
+                    outcomes.append((None, StoreError(f"write failed: {exc!r}")))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = StoreError(f"commit failed, nothing written: {exc}")

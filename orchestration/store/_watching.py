@@ -132,6 +132,10 @@ def resolve_revision(requested: int, current: int, compacted: int) -> int:
 def validate(key: str, value: bytes | None = None) -> None:
     if not isinstance(key, str) or not key or key.startswith(GAP_PREFIX):
         raise ValueError(f"invalid key {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"key {key!r} is not valid UTF-8 text") from None
     if value is not None and not isinstance(value, bytes):
         raise TypeError(f"value must be bytes, not {type(value).__name__}")
 
@@ -195,7 +199,7 @@ class _Subscriber:
         self.maxsize = maxsize
         self.items: collections.deque[Event] = collections.deque()
         self.wake = asyncio.Event()
-        self.state: Literal["open", "overflow", "closed"] = "open"
+        self.state: Literal["open", "overflow", "expired", "closed"] = "open"
 
 
 class Broadcaster:
@@ -213,6 +217,7 @@ class Broadcaster:
         self._queue_size = queue_size
         self._subs: dict[str, set[_Subscriber]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # reads awaiting a revision
+        self._compacted = 0  # what ``expire`` was told, for the error it raises
         self.closed = False
 
     def reset(self, revision: int) -> None:
@@ -260,6 +265,19 @@ class Broadcaster:
             self._waiters.append((revision, future))
             await future
         return self.revision >= revision
+
+    def expire(self, compacted: int) -> None:
+        """Events up to ``compacted`` were compacted away before this process published them:
+        every watcher must start again from a list (CompactedError), and the ring restarts."""
+        self._ring.clear()
+        self._floor = max(self._floor, compacted, self.revision)
+        self._compacted = compacted
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.items.clear()
+                sub.state = "expired"
+                sub.wake.set()
+        self._subs.clear()
 
     def close(self) -> None:
         self.closed = True
@@ -314,6 +332,8 @@ class Broadcaster:
                         f"watch on {prefix!r} fell more than {sub.maxsize} events behind "
                         f"at revision {sent}"
                     )
+                if sub.state == "expired":
+                    raise CompactedError(sent, self._compacted)
                 if sub.state == "closed":
                     return
                 sub.wake.clear()
