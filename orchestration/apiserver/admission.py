@@ -61,8 +61,34 @@ def _qualified_name_errors(key: str) -> list[str]:
     return errs
 
 
-def metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> Causes:
+def _references_errors(meta: dict[str, Any]) -> Causes:
+    """finalizers and ownerReferences drive deletion and the GC: their shape must hold."""
     causes: Causes = []
+    finalizers = meta.get("finalizers")
+    if finalizers is not None and (
+        not isinstance(finalizers, list) or not all(isinstance(f, str) and f for f in finalizers)
+    ):
+        causes.append(("metadata.finalizers", "Invalid value: must be a list of names"))
+    owners = meta.get("ownerReferences")
+    if owners is not None:
+        if not isinstance(owners, list):
+            return [*causes, ("metadata.ownerReferences", "Invalid value: must be a list")]
+        for i, ref in enumerate(owners):
+            where = f"metadata.ownerReferences[{i}]"
+            if not isinstance(ref, dict):
+                causes.append((where, "Invalid value: must be an object"))
+                continue
+            for field in ("apiVersion", "kind", "name", "uid"):
+                if not isinstance(ref.get(field), str) or not ref.get(field):
+                    causes.append((f"{where}.{field}", "Required value"))
+            for flag in ("controller", "blockOwnerDeletion"):
+                if flag in ref and not isinstance(ref[flag], bool | None):
+                    causes.append((f"{where}.{flag}", "Invalid value: must be a boolean"))
+    return causes
+
+
+def metadata_errors(rt: ResourceType, meta: dict[str, Any]) -> Causes:
+    causes: Causes = _references_errors(meta)
     name = meta.get("name", "")
     if not isinstance(name, str) or not name:
         causes.append(("metadata.name", "Required value: name or generateName is required"))
@@ -202,6 +228,8 @@ def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
         spec.setdefault("revisionHistoryLimit", 10)
         spec.setdefault("progressDeadlineSeconds", 600)
         strategy = spec.setdefault("strategy", {"type": "RollingUpdate"})
+        if not isinstance(strategy, dict):
+            return [("spec.strategy", "Invalid value: must be an object")]
         if strategy.get("type") == "RollingUpdate":
             strategy.setdefault("rollingUpdate", {"maxUnavailable": "25%", "maxSurge": "25%"})
     causes: Causes = []
@@ -243,7 +271,9 @@ def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
 
 def _namespace(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     if old is None:
-        obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+        if obj.get("spec") is None:
+            obj["spec"] = {}
+        obj["spec"].setdefault("finalizers", ["kubernetes"])
         obj["status"] = {"phase": "Active"}
     labels = obj["metadata"].setdefault("labels", {})
     if isinstance(labels, dict):
@@ -316,7 +346,10 @@ def _service(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     spec.setdefault("type", "ClusterIP")
     spec.setdefault("sessionAffinity", "None")
     causes: Causes = []
-    for i, p in enumerate(spec.get("ports") or []):
+    ports = spec.get("ports") or []
+    if not isinstance(ports, list):
+        return [("spec.ports", "Invalid value: must be a list")]
+    for i, p in enumerate(ports):
         if not isinstance(p, dict) or not isinstance(p.get("port"), int):
             causes.append((f"spec.ports[{i}].port", "Required value"))
             continue

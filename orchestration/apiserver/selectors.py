@@ -227,7 +227,7 @@ class LabelSelector:
             values = expression.get("values") or []
             if not isinstance(key, str):
                 raise SelectorError(f"matchExpressions[{i}].key must be a string")
-            if operator not in _EXPRESSION_OPS:
+            if not isinstance(operator, str) or operator not in _EXPRESSION_OPS:
                 raise SelectorError(
                     f"matchExpressions[{i}].operator: {operator!r} is not a valid label "
                     f"selector operator ({', '.join(_EXPRESSION_OPS)})"
