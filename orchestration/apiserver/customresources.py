@@ -7,14 +7,14 @@ compiled once per CRD generation.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
 
 from ..apis import ResourceType
-from ..store import StoreError
+from ..store import Event, KeyValue, StoreError
 from .errors import APIError
+from .following import PrefixFollower
 from .handling import API, Options, now_rfc3339
 from .schemas import CompiledSchema, compile_schema, crd_resource_types, validate_crd
 from .storage import type_prefix
@@ -33,7 +33,7 @@ class CustomResources:
         self.api = api
         # (group, version, plural) -> (the schema dict it was compiled from, compiled)
         self._schemas: dict[tuple[str, str, str], tuple[Any, CompiledSchema]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._follower: PrefixFollower | None = None
         api.validators.append(self.validate)
         api.after_write.append(self.after_write)
 
@@ -45,36 +45,34 @@ class CustomResources:
 
     async def start(self) -> None:
         """Serve every stored CRD, then follow changes made by other replicas."""
-        listed = await self.api.list(self._crd_rt, None)
-        for crd in listed["items"]:
-            self._register(crd)
-        after = int(listed["metadata"]["resourceVersion"])
-        self._task = asyncio.create_task(self._follow(after), name="crd-follower")
+        rt = self._crd_rt
+        self._follower = PrefixFollower(
+            self.api.store,
+            type_prefix(rt),
+            on_list=self._on_list,
+            on_event=self._on_event,
+            name="crd-follower",
+        )
+        await self._follower.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._follower is not None:
+            await self._follower.close()
 
-    async def _follow(self, after: int) -> None:
-        rt = self._crd_rt
-        while True:
-            try:
-                async for event in self.api.store.watch(type_prefix(rt), after):
-                    after = event.revision
-                    crd = self.api.codec.decode(rt, event.kv)
-                    if event.type == "DELETED":
-                        self.api.registry.set_custom(crd["metadata"]["name"], [])
-                    else:
-                        self._register(crd)
-                return
-            except StoreError as exc:  # overflow or compaction: resynchronise from a list
-                log.warning("re-listing CRDs after the watch ended: %s", exc)
-                listed = await self.api.list(rt, None)
-                for crd in listed["items"]:
-                    self._register(crd)
-                after = int(listed["metadata"]["resourceVersion"])
+    def _on_list(self, kvs: list[KeyValue]) -> None:
+        crds = [self.api.codec.decode(self._crd_rt, kv) for kv in kvs]
+        present = {crd["metadata"]["name"] for crd in crds}
+        for name in self.api.registry.custom_names() - present:
+            self.api.registry.set_custom(name, [])
+        for crd in crds:
+            self._register(crd)
+
+    def _on_event(self, event: Event) -> None:
+        crd = self.api.codec.decode(self._crd_rt, event.kv)
+        if event.type == "DELETED":
+            self.api.registry.set_custom(crd["metadata"]["name"], [])
+        else:
+            self._register(crd)
 
     def _register(self, crd: dict[str, Any]) -> None:
         try:

@@ -51,5 +51,9 @@ class ResourceRegistry:
             self._custom.pop(crd_name, None)
         self._reindex()
 
+    def custom_names(self) -> set[str]:
+        """The CRDs whose types are served now."""
+        return set(self._custom)
+
     def is_builtin(self, group: str, plural: str) -> bool:
         return any(g == group and p == plural for g, _, p in self._builtin)
