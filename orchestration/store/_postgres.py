@@ -340,7 +340,8 @@ class PostgresStore(Store):
 
     async def _advance(self, rows: _Rows) -> bool:
         """Publish the contiguous run of ``rows``; True when a gap stopped it."""
-        last, events, compacted = self._hub.revision, [], None
+        last, compacted = self._hub.revision, None
+        events: list[Event] = []
         for row in rows:
             if row[0] != last + 1:
                 if compacted is None:
