@@ -219,6 +219,14 @@ def _pod(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     return _pod_spec_errors(spec, "spec")
 
 
+def _int_or_percent(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and re.fullmatch(r"\d{1,3}%", value) is not None
+
+
 def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
     spec = obj.setdefault("spec", {})
     if not isinstance(spec, dict):
@@ -233,6 +241,27 @@ def _workload(obj: dict[str, Any], old: dict[str, Any] | None) -> Causes:
         if strategy.get("type") == "RollingUpdate":
             strategy.setdefault("rollingUpdate", {"maxUnavailable": "25%", "maxSurge": "25%"})
     causes: Causes = []
+    for field in ("replicas", "revisionHistoryLimit", "progressDeadlineSeconds", "minReadySeconds"):
+        value = spec.get(field)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            causes.append((f"spec.{field}", f"Invalid value: {value!r}: must be an integer >= 0"))
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate")
+    if isinstance(rolling, dict):
+        for field in ("maxSurge", "maxUnavailable"):
+            value = rolling.get(field)
+            if value is not None and not _int_or_percent(value):
+                causes.append(
+                    (
+                        f"spec.strategy.rollingUpdate.{field}",
+                        f"Invalid value: {value!r}: must be an integer or a percentage",
+                    )
+                )
+    elif rolling is not None:
+        causes.append(("spec.strategy.rollingUpdate", "Invalid value: must be an object"))
+    if causes:
+        return causes
     replicas = spec.get("replicas")
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
         causes.append(

@@ -54,7 +54,7 @@ async def converged(client: Client, name: str, replicas: int) -> Converged:
         rss = await replicasets_of(client, name)
         pods = await pods_of(client, name)
         active = [rs for rs in rss if rs["spec"]["replicas"]]
-        assert len(active) == (1 if replicas else 0) or replicas == 0, rss
+        assert len(active) == (1 if replicas else 0), rss
         assert len(pods) == replicas, [p["metadata"]["name"] for p in pods]
         status = d.get("status") or {}
         assert status.get("observedGeneration") == d["metadata"]["generation"]
