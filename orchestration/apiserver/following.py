@@ -8,11 +8,11 @@ error) starts again from a fresh list after a pause; the view never silently fre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from ..store import Event, KeyValue, Store
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,7 @@ class PrefixFollower:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _load(self) -> int:

@@ -352,7 +352,7 @@ class HTTPFrontend:
                     await resp.write(line)
         except TimeoutError:
             pass
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             pass
         except CompactedError as exc:
             err = APIError(410, f"too old resource version: {exc}", reason="Expired")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ from .errors import APIError
 from .files import write_private
 from .handling import API
 from .http import HTTPFrontend
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,7 @@ class APIServer:
     async def stop(self) -> None:
         self._ready = False
         if self._compactor is not None:
-            self._compactor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._compactor
+            await cancel_and_wait(self._compactor)
             self._compactor = None
         if self._runner is not None:
             server = self._runner.server

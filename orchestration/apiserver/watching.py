@@ -14,6 +14,7 @@ import orjson
 from ..apis import ResourceType
 from ..store import Event, Store
 from .storage import Codec
+from .tasks import cancel_and_wait
 
 Matcher = Callable[[dict[str, Any]], bool]
 _BUFFER = 1000  # events a pump reads ahead of a slow watcher before it waits
@@ -146,9 +147,7 @@ async def watch_events(
             except TimeoutError:
                 yield bookmark(rt, last)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def _aclose(stream: AsyncIterator[Event]) -> None:
