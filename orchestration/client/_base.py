@@ -133,8 +133,15 @@ class Client(abc.ABC):
 
     @abc.abstractmethod
     async def create(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
-    ) -> dict[str, Any]: ...
+        self,
+        res: Resource,
+        obj: dict[str, Any],
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
+    ) -> dict[str, Any]:
+        """POST ``obj``; with ``subresource="binding"``, POST a Binding (its metadata.name
+        the pod's) to ``pods/{name}/binding`` (the answer is then a Status)."""
 
     @abc.abstractmethod
     async def replace(

@@ -260,9 +260,16 @@ class KubeClient(Client):
                 resp.close()  # abandoned mid-stream: the connection cannot be reused
 
     async def create(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
+        self,
+        res: Resource,
+        obj: dict[str, Any],
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
     ) -> dict[str, Any]:
-        path = resource_path(res, request_namespace(res, namespace, obj))
+        ns = request_namespace(res, namespace, obj)
+        name = object_name(obj) if subresource else ""
+        path = resource_path(res, ns, name, subresource)
         return await self._request("POST", path, body=obj)
 
     async def replace(

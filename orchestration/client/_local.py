@@ -141,10 +141,29 @@ class LocalClient(Client):
                 await aclose()
 
     async def create(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
+        self,
+        res: Resource,
+        obj: dict[str, Any],
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
     ) -> dict[str, Any]:
         rt = self._type(res)
         ns = request_namespace(res, namespace, obj)
+        if subresource:
+            # As the HTTP server routes a POST to a named object's subresource.
+            if subresource not in rt.subresources:
+                raise client_error(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
+            if subresource != "binding":
+                raise client_error(
+                    405,
+                    "MethodNotAllowed",
+                    f"POST on a named object is not supported on resources of kind {rt.kind!r}",
+                )
+            name = object_name(obj)
+            return _copy(await self._call(self.api.bind(rt, ns, name, _copy(obj))))
         return _copy(await self._call(self.api.create(rt, ns, _copy(obj))))
 
     async def replace(

@@ -1,5 +1,6 @@
 """The cloud core: the built-in controllers (deployments, replica sets, garbage collection,
-namespaces, service accounts), run together by ``ControllerManager`` over any ``Client``."""
+namespaces, service accounts, the scheduler), run together by ``ControllerManager`` over any
+``Client``."""
 
 from .controlling import (
     SERVICES,
@@ -14,6 +15,7 @@ from .deployments import DeploymentController, pod_template_hash
 from .garbagecollection import DEFAULT_RESOURCES, GarbageCollector, ObjectKey
 from .namespaces import NAMESPACED_RESOURCES, NamespaceController, ServiceAccountController
 from .replicasets import ReplicaSetController
+from .scheduling import Scheduler
 
 __all__ = [
     "DEFAULT_RESOURCES",
@@ -29,6 +31,7 @@ __all__ = [
     "ObjectKey",
     "QueueShutDown",
     "ReplicaSetController",
+    "Scheduler",
     "ServiceAccountController",
     "WorkQueue",
     "pod_template_hash",

@@ -483,7 +483,7 @@ async def _patch_owners(
 
 class ControllerManager:
     """Runs the cloud's built-in controllers over one client: deployments, replica sets,
-    garbage collection, namespaces and service accounts.
+    garbage collection, namespaces, service accounts and the scheduler.
 
     ``resync``: seconds between full re-queues of every controller's keys.
     """
@@ -511,6 +511,7 @@ class ControllerManager:
         from .garbagecollection import GarbageCollector
         from .namespaces import NamespaceController, ServiceAccountController
         from .replicasets import ReplicaSetController
+        from .scheduling import Scheduler
 
         informers = self.informers = Informers(self.client)
         kinds: list[type[Controller[Any]]] = [
@@ -519,6 +520,7 @@ class ControllerManager:
             GarbageCollector,
             NamespaceController,
             ServiceAccountController,
+            Scheduler,
         ]
         self.controllers = [
             kind(self.client, informers, workers=self.workers, resync=self.resync) for kind in kinds

@@ -14,6 +14,7 @@ from orbiter.orchestration.client import (
     CONFIGMAPS,
     DEPLOYMENTS,
     NODES,
+    PODS,
     Client,
     ClientError,
     ConflictError,
@@ -233,6 +234,29 @@ class ClientContract(abc.ABC):
         )
         assert (scale["kind"], scale["spec"]["replicas"]) == ("Scale", 4)
         assert (await client.get(DEPLOYMENTS, "d", "default"))["spec"]["replicas"] == 4
+
+    async def test_binding_subresource(self, client: Client) -> None:
+        pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+        await client.create(PODS, pod, "default")
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": "p", "namespace": "default"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"},
+        }
+        status = await client.create(PODS, binding, subresource="binding")
+        assert (status["kind"], status["status"]) == ("Status", "Success")
+        bound = await client.get(PODS, "p", "default")
+        assert bound["spec"]["nodeName"] == "n1"
+        scheduled = [c for c in bound["status"]["conditions"] if c["type"] == "PodScheduled"]
+        assert [c["status"] for c in scheduled] == ["True"]
+        with pytest.raises(ConflictError) as again:  # bound once, never moved
+            await client.create(PODS, binding, "default", subresource="binding")
+        assert again.value.status == 409
+        with pytest.raises(NotFoundError):
+            await client.create(
+                PODS, {**binding, "metadata": {"name": "nope"}}, "default", subresource="binding"
+            )
 
     # --- watch ---------------------------------------------------------------------------
 
