@@ -103,9 +103,14 @@ class Recorder(Client, Notifier):
             await self.notify()
 
     async def create(
-        self, res: Resource, obj: dict[str, Any], namespace: str | None = None
+        self,
+        res: Resource,
+        obj: dict[str, Any],
+        namespace: str | None = None,
+        *,
+        subresource: str = "",
     ) -> dict[str, Any]:
-        return await self.inner.create(res, obj, namespace)
+        return await self.inner.create(res, obj, namespace, subresource=subresource)
 
     async def replace(
         self,
