@@ -129,16 +129,21 @@ class CustomResources:
             self._register(new)
             return
         assert old is not None
-        # The CRD is gone: so are its objects, as in Kubernetes.
-        for served in crd_resource_types(old)[:1]:
-            while True:
-                listed = await self.api.store.list(type_prefix(served), limit=500)
-                for kv in listed.kvs:
-                    with contextlib.suppress(StoreError):
-                        await self.api.store.delete(kv.key)
-                if not listed.more:
-                    break
+        # The CRD is gone: stop serving its type first, so nothing new is created under it,
+        # then remove its objects, as Kubernetes does. (Their finalizers are not waited for.)
         self.api.registry.set_custom(old["metadata"]["name"], [])
+        spec = old.get("spec") or {}
+        names = spec.get("names") or {}
+        prefix = type_prefix(
+            ResourceType(str(spec.get("group", "")), "", "", str(names.get("plural", "")), "", True)
+        )
+        while True:
+            listed = await self.api.store.list(prefix, limit=500)
+            for kv in listed.kvs:
+                with contextlib.suppress(StoreError):
+                    await self.api.store.delete(kv.key)
+            if not listed.more:
+                break
 
 
 def _set_crd_status(crd: dict[str, Any], old: dict[str, Any] | None) -> None:
