@@ -102,7 +102,58 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how long the token is valid: 30m, 24h, 7d, 1h30m ... (default 24h)",
     )
+    _edge_parser(sub)
     return p
+
+
+def _edge_parser(sub: Any) -> None:
+    edge = sub.add_parser(
+        "edge",
+        help="run an edge node",
+        description="Join an edge node to the cloud, or run one that has joined. The node "
+        "keeps its pods running without the cloud, and across restarts of this command.",
+    )
+    edge_sub = edge.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
+    join = edge_sub.add_parser(
+        "join",
+        help="join the cloud with a token, then run the node",
+        description="Fetch the cloud's CA (checked against the token), get a node certificate "
+        "for NODE, store them and the cloud's address in DIR (DIR/edge.json), then run the "
+        "node against CloudHub at wss://HOST:HUB_PORT until SIGTERM or Ctrl-C, which stop "
+        "it and leave its pods running.",
+    )
+    join.add_argument(
+        "--cloud",
+        required=True,
+        metavar="HOST[:PORT]",
+        help="the cloud's join endpoint (default port 10002)",
+    )
+    join.add_argument("--token", required=True, help="from `orbiter token create`")
+    join.add_argument("--name", required=True, metavar="NODE", help="this node's name")
+    join.add_argument("--hub-port", type=int, default=10000, help="CloudHub's port (10000)")
+    run = edge_sub.add_parser(
+        "run",
+        help="run a node that has joined, from its data dir",
+        description="Run the node whose credentials and cloud address `orbiter edge join` "
+        "stored in DIR; no token needed. Pods left running by a previous run are adopted. "
+        "SIGTERM or Ctrl-C stop it and leave its pods running.",
+    )
+    for action in (join, run):
+        action.add_argument(
+            "--data-dir",
+            required=True,
+            type=Path,
+            metavar="DIR",
+            help="credentials, local state (edge.db) and pods live here",
+        )
+        action.add_argument(
+            "--metaserver-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="port of the local read-mostly API on 127.0.0.1 (default 10550, or what "
+            "DIR/edge.json says)",
+        )
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -162,6 +213,59 @@ async def _run_cloud(args: argparse.Namespace) -> int:
     return 0
 
 
+EDGE_CONFIG = "edge.json"
+
+
+async def _run_edge(args: argparse.Namespace) -> int:
+    import json
+
+    from .orchestration.edge.core import EdgeCore
+    from .orchestration.edge.joining import JoinError, cloud_url, join
+
+    config_path = args.data_dir / EDGE_CONFIG
+    if args.edge_command == "join":
+        try:
+            base = cloud_url(args.cloud)
+            await join(args.cloud, args.token, args.name, args.data_dir)
+        except (JoinError, ValueError) as exc:
+            print(f"orbiter edge join: {exc}", file=sys.stderr)
+            return 1
+        config = {"host": base.host, "join_port": base.port, "hub_port": args.hub_port}
+        if args.metaserver_port is not None:
+            config["metaserver_port"] = args.metaserver_port
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        print(
+            f"orbiter edge run: cannot read {config_path} ({exc}); join with "
+            "`orbiter edge join` first",
+            file=sys.stderr,
+        )
+        return 1
+    host = str(config["host"])
+    host = f"[{host}]" if ":" in host else host
+    core = EdgeCore(
+        args.data_dir,
+        cloud_url=f"wss://{host}:{config['hub_port']}",
+        metaserver_port=args.metaserver_port or int(config.get("metaserver_port", 10550)),
+        join_address=f"{host}:{config['join_port']}",
+    )
+    await core.start()
+    print(f"edge node {core.node_name}: cloud {core.cloud_url}", flush=True)
+    print(f"MetaServer at {core.metaserver.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("stopping (pods keep running)", flush=True)
+        await core.stop()
+    return 0
+
+
 def _run(main: Coroutine[Any, Any, int]) -> int:
     # uvloop roughly doubles what one core serves; plain asyncio works the same without it.
     try:
@@ -179,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "cloud":
         return _run(_run_cloud(args))
+    if args.command == "edge":
+        return _run(_run_edge(args))
     if args.command == "token":
         return _token_create(args)
     if args.command == "demo":

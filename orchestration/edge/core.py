@@ -1,0 +1,408 @@
+"""EdgeCore: one edge node's parts put together (kubeedge.md §1.2, §3).
+
+Downstream, the cloud's ``resource`` messages go to MetaManager, and its ACK goes back only
+after the write committed; each committed pod (bound to this node) is then handed to the
+process runtime, a deleted one killed, and a changed ConfigMap or Secret re-syncs the pods
+that use it. Upstream, pod statuses, node status and Lease renewals go through the durable
+``Outbox``, coalesced per object, so going offline (or restarting while offline) loses only
+superseded reports. On start the pods in MetaManager are handed to the runtime, which adopts
+their still-running processes: the node keeps working with no cloud at all (edge autonomy).
+
+Upstream message shapes (all ``group: resource``):
+
+* ``insert null/node/<node>`` (source ``edged``): the Node object, once per EdgeCore start.
+* ``patch null/nodestatus/<node>`` (source ``edged``): ``{"status": NodeStatus}`` (a merge
+  patch of ``nodes/<node>/status``), every ``status_interval``.
+* ``update kube-node-lease/lease/<node>`` (source ``edged``): the Lease with a new
+  ``spec.renewTime``, every ``status_interval``.
+* ``update <ns>/podstatus/<pod>`` (source ``edged``):
+  ``{"metadata": {name, namespace, uid}, "status": PodStatus}``.
+* MetaServer writes, forwarded while online (source ``metaserver``): operation ``insert``
+  (POST), ``update`` (PUT), ``patch`` (PATCH) or ``delete`` (DELETE), resource
+  ``<ns>/<type>/<name>`` as far as the path names them, content ``{"method", "path",
+  "query", "contentType", "body"}`` (body the request text). The cloud answers with a message
+  whose ``parent_msg_id`` is the request's ``msg_id``: ``response`` with content
+  ``{"code": int, "body": object}`` (or the bare object, meaning 200), or ``error`` with a
+  reason string (``not found: ...`` → 404, ``forbidden: ...`` → 403, ``bad request: ...`` →
+  400, else 500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..protocol import GROUP_RESOURCE, INSERT, PATCH, UPDATE, Message, parse_resource
+from ..store import SQLiteStore
+from .hub import EdgeHub, NotConnected, events_url
+from .joining import CertificateRotator, NodeCredentials
+from .metamanager import MetaManager, load_or_create_key
+from .metaserver import DEFAULT_PORT, MetaServer
+from .nodestatus import LEASE_NAMESPACE, lease_object, node_object, node_status
+from .outbox import CloudForwarder, Outbox
+from .runtime import CONFIGMAP, SECRET, BackoffPolicy, ImageSpec, ProcessRuntime
+
+__all__ = ["EdgeCore"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "edged"
+
+
+class EdgeCore:
+    """One edge node, run from ``data_dir`` (holding the join's ca.crt, node.crt, node.key).
+
+    ``cloud_url`` is CloudHub's ``wss://HOST:PORT`` (the KubeEdge events path is added when
+    it has none); ``join_address`` (``HOST:PORT`` of the join endpoint) enables certificate
+    rotation. ``stop()`` leaves the pods running for the next EdgeCore to adopt;
+    ``shutdown()`` stops them first.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        cloud_url: str,
+        node_name: str | None = None,
+        metaserver_port: int = DEFAULT_PORT,
+        heartbeat: float = 15.0,
+        status_interval: float = 10.0,
+        images: Mapping[str, ImageSpec] | None = None,
+        backoff: BackoffPolicy | None = None,
+        reconnect_backoff: tuple[float, float] = (1.0, 30.0),
+        join_address: str | None = None,
+        forward_timeout: float = 30.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.credentials = NodeCredentials.load(self.data_dir)
+        if node_name is not None and node_name != self.credentials.node_name:
+            raise ValueError(
+                f"{self.data_dir} holds the credentials of node {self.credentials.node_name!r}, "
+                f"not {node_name!r}"
+            )
+        self.node_name = self.credentials.node_name
+        self.cloud_url = _events_url(cloud_url, self.node_name)
+        self._metaserver_port = metaserver_port
+        self._heartbeat = heartbeat
+        self._status_interval = status_interval
+        self._reconnect_backoff = reconnect_backoff
+        self._join_address = join_address
+        self.store = SQLiteStore(str(self.data_dir / "edge.db"))
+        self.meta = MetaManager(
+            self.store, secret_key=load_or_create_key(self.data_dir / "secrets.key")
+        )
+        self.runtime = ProcessRuntime(self.data_dir / "runtime", images=images, backoff=backoff)
+        self.outbox: Outbox | None = None
+        self.hub = EdgeHub(
+            self.cloud_url,
+            self._ssl_context,
+            self.node_name,
+            handler=self._downstream,
+            heartbeat=heartbeat,
+            reconnect_backoff=reconnect_backoff,
+        )
+        self.forwarder = CloudForwarder(self.hub, timeout=forward_timeout)
+        self.pods = PodSyncer(self.meta, self.runtime, self.node_name)
+        self.metaserver = MetaServer(
+            self.meta,
+            port=metaserver_port,
+            forward=self.forwarder,
+            connected=lambda: self.hub.connected,
+            forward_timeout=forward_timeout,
+        )
+        self._rotator: CertificateRotator | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._registered = False
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "edge node %s: MetaServer at %s, cloud %s",
+            self.node_name,
+            self.metaserver.url,
+            self.cloud_url,
+        )
+
+    async def _start(self) -> None:
+        self.outbox = Outbox(self.data_dir / "outbox.db")
+        await self.store.start()
+        self.runtime.on_status_change(self._pod_status_changed)
+        await self.runtime.start()  # adopts the processes a previous EdgeCore left running
+        await self.pods.restore()
+        await self.metaserver.start()
+        self.hub.on_connection(self._connection_changed)
+        await self.hub.start()
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="edgecore-outbox"),
+            asyncio.create_task(self._status_loop(), name="edgecore-nodestatus"),
+        ]
+        if self._join_address is not None:
+            self._rotator = CertificateRotator(
+                self.credentials, self._join_address, on_rotated=self._rotated
+            )
+            self._rotator.start()
+
+    async def stop(self) -> None:
+        """Stop everything but the pods: their processes keep running (edge autonomy)."""
+        if not self._started:
+            return
+        self._started = False
+        if self._rotator is not None:
+            await self._rotator.stop()
+        await self.hub.stop()
+        self.forwarder.fail_all()
+        await self.metaserver.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.pods.stop()
+        await self.runtime.close()
+        await self.store.close()
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop every pod, then EdgeCore."""
+        if self._started:
+            await self.pods.stop()
+            await self.runtime.shutdown_all(grace)
+        await self.stop()
+
+    async def __aenter__(self) -> EdgeCore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.hub.connected
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        # Read at each dial: a rotated certificate is used from the next connection on.
+        rotator = self._rotator
+        creds = rotator.credentials if rotator is not None else self.credentials
+        return creds.ssl_context()
+
+    async def _rotated(self, creds: NodeCredentials) -> None:
+        self.credentials = creds
+        await self.hub.reconnect()
+
+    # -- downstream ----------------------------------------------------------------------
+
+    async def _downstream(self, message: Message) -> None:
+        if self.forwarder.resolve(message):
+            return  # the cloud's answer to a forwarded MetaServer write
+        if message.group != GROUP_RESOURCE:
+            log.debug("ignored %s message %s", message.group, message.resource)
+            return
+        before = await self.pods.before(message)
+        reply = await self.meta.handle(message)  # returns once the write has committed
+        if reply is None:
+            return
+        with contextlib.suppress(NotConnected):
+            await self.hub.send(reply)  # no ACK on a lost link: the cloud resends
+        if reply.operation != "error":
+            await self.pods.after(message, before)
+
+    # -- upstream ------------------------------------------------------------------------
+
+    def _enqueue(self, key: str, message: Message, *, first: bool = False) -> None:
+        if self.outbox is None:
+            return
+        self.outbox.put(key, message, first=first)
+        self._wake.set()
+
+    def _pod_status_changed(self, uid: str, status: dict[str, Any]) -> None:
+        meta = self.pods.identity(uid)
+        if meta is None:
+            return
+        resource = f"{meta['namespace']}/podstatus/{meta['name']}"
+        content = {"metadata": meta, "status": status}
+        self._enqueue(resource, Message(SOURCE, GROUP_RESOURCE, UPDATE, resource, content))
+
+    def _connection_changed(self, connected: bool) -> None:
+        if connected and not self._registered:
+            resource = f"null/node/{self.node_name}"
+            node = node_object(self.node_name)
+            self._enqueue(
+                resource, Message(SOURCE, GROUP_RESOURCE, INSERT, resource, node), first=True
+            )
+        self._wake.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            status = f"null/nodestatus/{self.node_name}"
+            body = {"status": node_status(self.node_name)}
+            self._enqueue(status, Message(SOURCE, GROUP_RESOURCE, PATCH, status, body))
+            lease = f"{LEASE_NAMESPACE}/lease/{self.node_name}"
+            obj = lease_object(self.node_name)
+            self._enqueue(lease, Message(SOURCE, GROUP_RESOURCE, UPDATE, lease, obj))
+            await asyncio.sleep(self._status_interval)
+
+    async def _flush_loop(self) -> None:
+        """Send the outbox, oldest first, whenever there is something and the link is up."""
+        assert self.outbox is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.hub.connected:
+                continue  # woken again by the next connect
+            for item in self.outbox.pending():
+                try:
+                    await self.hub.send(item.message)
+                except NotConnected:
+                    break
+                self.outbox.remove(item.key, item.seq)
+                if item.message.resource == f"null/node/{self.node_name}":
+                    self._registered = True
+
+
+def _events_url(url: str, node_name: str) -> str:
+    parts = urlsplit(url if "://" in url else f"wss://{url}")
+    if parts.path in ("", "/"):
+        return events_url(parts.netloc, node_name)
+    return url
+
+
+class PodSyncer:
+    """Keeps the runtime's pods what MetaManager says this node should run."""
+
+    def __init__(self, meta: MetaManager, runtime: ProcessRuntime, node_name: str) -> None:
+        self._meta = meta
+        self._runtime = runtime
+        self._node = node_name
+        self._identities: dict[str, dict[str, str]] = {}
+        self._kills: set[asyncio.Task[None]] = set()
+
+    def identity(self, uid: str) -> dict[str, str] | None:
+        """``{name, namespace, uid}`` of a pod this node runs (or is stopping)."""
+        return self._identities.get(uid)
+
+    async def resolve(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._meta.get(namespace, kind.lower(), name)
+
+    async def restore(self) -> None:
+        """Hand the runtime every stored pod (it adopts those already running) and stop the
+        ones no longer stored (deleted while the previous EdgeCore was stopping)."""
+        pods = await self._meta.pods_for_node(self._node)
+        wanted = {_uid(p) for p in pods}
+        for uid in set(self._runtime.running_pods()) - wanted:
+            self._kill(uid)
+        for pod in pods:
+            await self._apply(pod)
+
+    async def before(self, message: Message) -> dict[str, Any] | None:
+        """The stored pod a downstream message is about to change, if it is about a pod."""
+        with contextlib.suppress(Exception):  # a malformed resource: MetaManager refuses it
+            namespace, kind, name = parse_resource(message.resource)
+            if kind == "pod" and name:
+                return await self._meta.get(namespace, kind, name)
+        return None
+
+    async def after(self, message: Message, before: dict[str, Any] | None) -> None:
+        """Drive the runtime from what a committed downstream write changed."""
+        try:
+            namespace, kind, name = parse_resource(message.resource)
+        except ValueError:
+            return
+        if kind == "pod":
+            now = await self._meta.get(namespace, kind, name)
+            if before is not None and (now is None or _uid(now) != _uid(before)):
+                self._kill(_uid(before))  # deleted, or replaced by a new pod of that name
+            if now is not None:
+                await self._apply(now)
+        elif kind in ("configmap", "secret") and namespace is not None:
+            ref_kind = CONFIGMAP if kind == "configmap" else SECRET
+            for uid, pod in self._runtime.running_pods().items():
+                meta = pod.get("metadata") or {}
+                if meta.get("namespace") == namespace and _references(pod, ref_kind, name):
+                    current = await self._meta.get(namespace, "pod", str(meta.get("name")))
+                    if current is not None and _uid(current) == uid:
+                        await self._apply(current)
+
+    async def _apply(self, pod: dict[str, Any]) -> None:
+        uid = _uid(pod)
+        spec = pod.get("spec") or {}
+        meta = pod.get("metadata") or {}
+        if spec.get("nodeName") not in (None, self._node) or meta.get("deletionTimestamp"):
+            if uid in self._runtime.running_pods():
+                self._kill(uid)
+            return
+        self._identities[uid] = {
+            "name": str(meta.get("name")),
+            "namespace": str(meta.get("namespace") or "default"),
+            "uid": uid,
+        }
+        await self._runtime.sync_pod(pod, self.resolve)
+
+    def _kill(self, uid: str) -> None:
+        # In the background: a graceful stop takes up to the pod's grace period, and the
+        # hub's read loop (which called us) must keep reading meanwhile.
+        async def kill() -> None:
+            try:
+                await self._runtime.kill_pod(uid)
+            finally:
+                self._identities.pop(uid, None)
+
+        task = asyncio.create_task(kill(), name=f"kill-pod-{uid}")
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+
+    async def stop(self) -> None:
+        for task in self._kills:
+            task.cancel()
+        await asyncio.gather(*self._kills, return_exceptions=True)
+        self._kills.clear()
+
+
+def _uid(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def _references(pod: dict[str, Any], kind: str, name: str) -> bool:
+    """Whether the pod's volumes or containers' env use the named ConfigMap or Secret."""
+    spec = pod.get("spec") or {}
+    if kind == CONFIGMAP:
+        vol_keys, ref_keys, from_key = [("configMap", "name")], ("configMapKeyRef",), "configMapRef"
+    else:
+        vol_keys, ref_keys, from_key = (
+            [("secret", "secretName"), ("secret", "name")],
+            ("secretKeyRef",),
+            "secretRef",
+        )
+    for volume in spec.get("volumes") or []:
+        sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
+        for source in sources:
+            for field, key in vol_keys:
+                if (source.get(field) or {}).get(key) == name:
+                    return True
+    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for env in c.get("env") or []:
+            value_from = env.get("valueFrom") or {}
+            if any((value_from.get(k) or {}).get("name") == name for k in ref_keys):
+                return True
+        for env_from in c.get("envFrom") or []:
+            if (env_from.get(from_key) or {}).get("name") == name:
+                return True
+    return False
