@@ -246,8 +246,11 @@ class NodeQueue:
                     await self._send(message)
                 except Exception as exc:  # not sent counts as not ACKed: the timer resends
                     log.warning("node %s: sending %s failed: %r", self.name, message.resource, exc)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # lands as the ACK arrives, and close() would wait for this task forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._acked.wait(), self._resend_interval)
+                    async with asyncio.timeout(self._resend_interval):
+                        await self._acked.wait()
                 if self._acked.is_set():
                     break
                 if self._pending.get(uid) is not message:
