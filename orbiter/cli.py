@@ -59,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     cloud.add_argument(
+        "--hub-port",
+        metavar="PORT",
+        type=int,
+        default=10000,
+        help="CloudHub WebSocket port edge nodes connect to (default 10000; 0 picks one)",
+    )
+    cloud.add_argument(
+        "--join-port",
+        metavar="PORT",
+        type=int,
+        default=10002,
+        help="port of the join endpoint that signs node certificates (default 10002; 0 picks one)",
+    )
+    cloud.add_argument(
         "--encryption-key-file",
         metavar="FILE",
         type=Path,
@@ -196,9 +210,13 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         listen=args.listen,
         port=args.api_port,
         encryption_key_file=args.encryption_key_file,
+        hub_port=args.hub_port,
+        join_port=args.join_port,
     )
     await cloud.start()
+    assert cloud.hub is not None and cloud.join is not None
     print(f"Orbiter API server at {cloud.server.url}", flush=True)
+    print(f"edge nodes: join at {cloud.join.url}, CloudHub on port {cloud.hub.port}", flush=True)
     print(f"kubeconfig: {cloud.server.kubeconfig_path}", flush=True)
     print(f"  export KUBECONFIG={cloud.server.kubeconfig_path}", flush=True)
     stop = asyncio.Event()

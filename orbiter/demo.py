@@ -59,6 +59,10 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
             str(data_dir),
             "--api-port",
             "0",
+            "--hub-port",
+            "0",
+            "--join-port",
+            "0",
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -6,7 +6,8 @@
     with CloudThread(tmp_path) as cloud:
         subprocess.run(["kubectl", "--kubeconfig", cloud.kubeconfig, "get", "ns"], check=True)
 
-In async tests, ``async with Cloud(tmp_path, port=0) as cloud`` needs no thread.
+In async tests, ``async with Cloud(tmp_path, port=0, hub_port=0, join_port=0) as cloud``
+needs no thread.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ class CloudThread:
         start_timeout: float = 30.0,
     ) -> None:
         self.cloud = Cloud(
-            data_dir, store_url=store_url, port=0, bookmark_interval=bookmark_interval
+            data_dir,
+            store_url=store_url,
+            port=0,
+            hub_port=0,
+            join_port=0,
+            bookmark_interval=bookmark_interval,
         )
         self._timeout = start_timeout
         self._loop = asyncio.new_event_loop()

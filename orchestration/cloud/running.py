@@ -1,12 +1,27 @@
-"""``Cloud``: the API server plus the cloud's controllers, run as one (``orbiter cloud``)."""
+"""``Cloud``: everything ``orbiter cloud`` runs, started and stopped as one.
+
+The API server and its controllers; the join endpoint that signs node certificates; CloudHub,
+holding one mTLS WebSocket per edge node; and the edge controller that syncs each node.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from ..apiserver import APIServer
-from ..client import LocalClient
+from ..client import NODES, LocalClient, NotFoundError
+from ..protocol import ERROR, RESPONSE, Message
 from .controlling import ControllerManager
+from .edgecontrol import EdgeController
+from .hub import CloudHub, mtls_server_context
+from .joining import JoinServer
+from .nodereports import NodeReports
+from .objectsyncs import ensure_crds
+from .sessions import NodeNotConnected
+
+log = logging.getLogger(__name__)
 
 
 class Cloud:
@@ -17,8 +32,12 @@ class Cloud:
         store_url: str | None = None,
         listen: str = "127.0.0.1",
         port: int = 6443,
+        hub_port: int = 10000,
+        join_port: int = 10002,
         bookmark_interval: float = 60.0,
         encryption_key_file: str | os.PathLike[str] | None = None,
+        keepalive_timeout: float = 30.0,
+        sync_period: float = 5.0,
     ) -> None:
         self.server = APIServer(
             data_dir,
@@ -28,20 +47,57 @@ class Cloud:
             bookmark_interval=bookmark_interval,
             encryption_key_file=encryption_key_file,
         )
-        self._controllers: ControllerManager | None = None
+        self._listen = listen
+        self._hub_port, self._join_port = hub_port, join_port
+        self._keepalive_timeout, self._sync_period = keepalive_timeout, sync_period
         self._client: LocalClient | None = None
+        self._controllers: ControllerManager | None = None
+        self.join: JoinServer | None = None
+        self.hub: CloudHub | None = None
+        self.edge: EdgeController | None = None
+        self._reports: NodeReports | None = None
 
     async def start(self) -> None:
         await self.server.start()
         try:
-            self._client = LocalClient(self.server.api)
-            self._controllers = ControllerManager(self._client)
+            client = self._client = LocalClient(self.server.api)
+            await ensure_crds(client)
+            self._controllers = ControllerManager(client)
             await self._controllers.start()
+            self.join = JoinServer(
+                self.server.data_dir,
+                listen=self._listen,
+                port=self._join_port,
+                is_connected=self._is_connected,
+                node_exists=self._node_exists,
+            )
+            await self.join.start()  # also writes the hub's serving certificate
+            data = self.server.data_dir
+            self.hub = CloudHub(
+                mtls_server_context(data / "cloudhub.crt", data / "cloudhub.key", data / "ca.crt"),
+                handler=self._upstream,
+                port=self._hub_port,
+                host=self._listen,
+                keepalive_timeout=self._keepalive_timeout,
+            )
+            self._reports = NodeReports(client)
+            self.edge = EdgeController(client, self.hub, sync_period=self._sync_period)
+            await self.edge.start()
+            await self.hub.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+            self.hub = None
+        if self.edge is not None:
+            await self.edge.stop()
+            self.edge = None
+        if self.join is not None:
+            await self.join.stop()
+            self.join = None
         if self._controllers is not None:
             await self._controllers.stop()
             self._controllers = None
@@ -56,3 +112,25 @@ class Cloud:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _is_connected(self, node: str) -> bool:
+        return self.hub is not None and self.hub.is_connected(node)
+
+    async def _node_exists(self, node: str) -> bool:
+        assert self._client is not None
+        try:
+            await self._client.get(NODES, node)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _upstream(self, node: str, message: Message) -> None:
+        """Node reports go to NodeReports; everything else to the edge controller."""
+        if message.operation in (RESPONSE, ERROR) or not NodeReports.handles(message):
+            assert self.edge is not None
+            await self.edge.handle(node, message)
+            return
+        assert self._reports is not None and self.hub is not None
+        reply = await self._reports.handle(node, message)
+        with contextlib.suppress(NodeNotConnected):
+            await self.hub.send(node, reply)
