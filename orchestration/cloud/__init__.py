@@ -1,6 +1,6 @@
 """The cloud core: the built-in controllers (deployments, replica sets, garbage collection,
-namespaces, service accounts, the scheduler), run together by ``ControllerManager`` over any
-``Client``."""
+namespaces, service accounts, the scheduler, node lifecycle), run together by
+``ControllerManager`` over any ``Client``."""
 
 from .controlling import (
     SERVICES,
@@ -14,6 +14,7 @@ from .controlling import (
 from .deployments import DeploymentController, pod_template_hash
 from .garbagecollection import DEFAULT_RESOURCES, GarbageCollector, ObjectKey
 from .namespaces import NAMESPACED_RESOURCES, NamespaceController, ServiceAccountController
+from .nodelifecycle import NodeLifecycleController
 from .replicasets import ReplicaSetController
 from .scheduling import Scheduler
 
@@ -28,6 +29,7 @@ __all__ = [
     "Informers",
     "NamespaceController",
     "NamespaceIndex",
+    "NodeLifecycleController",
     "ObjectKey",
     "QueueShutDown",
     "ReplicaSetController",

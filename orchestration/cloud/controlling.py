@@ -483,9 +483,10 @@ async def _patch_owners(
 
 class ControllerManager:
     """Runs the cloud's built-in controllers over one client: deployments, replica sets,
-    garbage collection, namespaces, service accounts and the scheduler.
+    garbage collection, namespaces, service accounts, the scheduler and node lifecycle.
 
     ``resync``: seconds between full re-queues of every controller's keys.
+    ``node_grace_period``, ``pod_eviction_timeout``: see ``NodeLifecycleController``.
     """
 
     def __init__(
@@ -495,11 +496,15 @@ class ControllerManager:
         workers: int = 2,
         resync: float | None = 300.0,
         sync_timeout: float | None = 60.0,
+        node_grace_period: float = 40.0,
+        pod_eviction_timeout: float = 300.0,
     ) -> None:
         self.client = client
         self.workers = workers
         self.resync = resync
         self.sync_timeout = sync_timeout
+        self.node_grace_period = node_grace_period
+        self.pod_eviction_timeout = pod_eviction_timeout
         self.informers: Informers | None = None
         self.controllers: list[Controller[Any]] = []
 
@@ -510,6 +515,7 @@ class ControllerManager:
         from .deployments import DeploymentController
         from .garbagecollection import GarbageCollector
         from .namespaces import NamespaceController, ServiceAccountController
+        from .nodelifecycle import NodeLifecycleController
         from .replicasets import ReplicaSetController
         from .scheduling import Scheduler
 
@@ -525,6 +531,16 @@ class ControllerManager:
         self.controllers = [
             kind(self.client, informers, workers=self.workers, resync=self.resync) for kind in kinds
         ]
+        self.controllers.append(
+            NodeLifecycleController(
+                self.client,
+                informers,
+                workers=self.workers,
+                resync=self.resync,
+                grace_period=self.node_grace_period,
+                eviction_timeout=self.pod_eviction_timeout,
+            )
+        )
         try:
             async with asyncio.timeout(self.sync_timeout):
                 await informers.start()
