@@ -16,6 +16,7 @@ _SUBRESOURCE_VERBS = {
     "scale": ["get", "patch", "update"],
     "binding": ["create"],
     "finalize": ["update"],
+    "log": ["get"],
 }
 
 

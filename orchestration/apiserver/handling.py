@@ -40,6 +40,7 @@ from .patching import (
     apply_server_side_apply,
     apply_strategic_merge_patch,
 )
+from .podlogs import LogSource
 from .resources import ResourceRegistry
 from .storage import Codec, list_prefix, object_key
 from .watching import WatchEvent, watch_events
@@ -94,6 +95,8 @@ class API:
         self.validators: list[
             Callable[[ResourceType, dict[str, Any], dict[str, Any] | None, Options], Any]
         ] = []
+        # Where pods/log reads come from (the cloud sets one; None: logs are refused).
+        self.pod_logs: LogSource | None = None
 
     # --- reads ---------------------------------------------------------------------------
 

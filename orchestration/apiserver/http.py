@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from .errors import APIError
 from .handling import API, Options
 from .openapi import OpenAPIDocs
 from .patching import PatchError, decode_patch, load_yaml
+from .podlogs import choose_container, open_log, parse_options
 from .selection import build_matcher
 from .tables import to_table
 
@@ -202,6 +204,10 @@ class HTTPFrontend:
         method = request.method
         ns = namespace or ""
         api = self.api
+        if sub == "log":
+            if method != "GET":
+                raise errors.method_not_allowed(rt, f"{method} on {rt.plural}/log")
+            return await self._pod_log(request, rt, ns, name)
         if method == "GET":
             if name:
                 if sub == "scale":
@@ -278,6 +284,35 @@ class HTTPFrontend:
     ) -> dict[str, Any]:
         kind, patch = decode_patch(request.headers.get("Content-Type", ""), await request.read())
         return await self.api.patch_with(rt, ns, name, kind, patch, opts, subresource=sub)
+
+    async def _pod_log(
+        self, request: web.Request, rt: ResourceType, ns: str, name: str
+    ) -> web.StreamResponse:
+        wanted, opts = parse_options(request.query)
+        pod = await self.api.get(rt, ns, name)
+        opts = dataclasses.replace(opts, container=choose_container(pod, wanted))
+        first, stream = await open_log(self.api.pod_logs, pod, opts)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.enable_chunked_encoding()
+        task = asyncio.current_task()
+        assert task is not None
+        self._watches.add(task)  # cancelled on shutdown, like watches
+        try:
+            await resp.prepare(request)
+            if first:
+                await resp.write(first)
+            # A client that goes away cancels this handler (handler_cancellation), which
+            # closes the stream and so tells the node to stop following.
+            async for chunk in stream:
+                await resp.write(chunk)
+        except ConnectionResetError:
+            pass  # the client went away: closing the stream tells the source to stop
+        finally:
+            self._watches.discard(task)
+            await stream.aclose()
+        with contextlib.suppress(Exception):
+            await resp.write_eof()
+        return resp
 
     # --- output --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from .hub import CloudHub, mtls_server_context
 from .joining import JoinServer
 from .nodereports import NodeReports
 from .objectsyncs import ensure_crds
+from .podlogs import PodLogStreams
 from .sessions import NodeNotConnected
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Cloud:
         self.hub: CloudHub | None = None
         self.edge: EdgeController | None = None
         self._reports: NodeReports | None = None
+        self.logs: PodLogStreams | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -81,6 +83,9 @@ class Cloud:
                 keepalive_timeout=self._keepalive_timeout,
             )
             self._reports = NodeReports(client)
+            self.logs = PodLogStreams(self.hub)
+            self.hub.on_disconnect(self.logs.node_gone)
+            self.server.api.pod_logs = self.logs.open
             self.edge = EdgeController(client, self.hub, sync_period=self._sync_period)
             await self.edge.start()
             await self.hub.start()
@@ -89,6 +94,10 @@ class Cloud:
             raise
 
     async def stop(self) -> None:
+        if self.logs is not None:
+            self.server.api.pod_logs = None
+            self.logs.close_all()
+            self.logs = None
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
@@ -125,7 +134,10 @@ class Cloud:
         return True
 
     async def _upstream(self, node: str, message: Message) -> None:
-        """Node reports go to NodeReports; everything else to the edge controller."""
+        """Log replies go to their streams (before the edge controller, which would take a
+        response for an ACK); node reports to NodeReports; the rest to the edge controller."""
+        if self.logs is not None and self.logs.handle(node, message):
+            return
         if message.operation in (RESPONSE, ERROR) or not NodeReports.handles(message):
             assert self.edge is not None
             await self.edge.handle(node, message)

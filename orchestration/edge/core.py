@@ -46,6 +46,7 @@ from .metamanager import MetaManager, load_or_create_key
 from .metaserver import DEFAULT_PORT, MetaServer
 from .nodestatus import LEASE_NAMESPACE, lease_object, node_object, node_status
 from .outbox import CloudForwarder, Outbox
+from .podlogs import PodLogServer
 from .runtime import CONFIGMAP, SECRET, BackoffPolicy, ImageSpec, ProcessRuntime
 
 __all__ = ["EdgeCore"]
@@ -109,6 +110,7 @@ class EdgeCore:
         )
         self.forwarder = CloudForwarder(self.hub, timeout=forward_timeout)
         self.pods = PodSyncer(self.meta, self.runtime, self.node_name)
+        self.podlogs = PodLogServer(self.runtime, self.hub.send)
         self.metaserver = MetaServer(
             self.meta,
             port=metaserver_port,
@@ -168,6 +170,7 @@ class EdgeCore:
             await self._rotator.stop()
         await self.hub.stop()
         self.forwarder.fail_all()
+        await self.podlogs.stop()
         await self.metaserver.stop()
         for task in self._tasks:
             task.cancel()
@@ -213,6 +216,8 @@ class EdgeCore:
     async def _downstream(self, message: Message) -> None:
         if self.forwarder.resolve(message):
             return  # the cloud's answer to a forwarded MetaServer write
+        if self.podlogs.handle(message):
+            return  # a kubectl logs stream (its own task)
         if message.group != GROUP_RESOURCE:
             log.debug("ignored %s message %s", message.group, message.resource)
             return
@@ -242,6 +247,8 @@ class EdgeCore:
         self._enqueue(resource, Message(SOURCE, GROUP_RESOURCE, UPDATE, resource, content))
 
     def _connection_changed(self, connected: bool) -> None:
+        if not connected:
+            self.podlogs.cancel_all()  # the cloud ended these streams when the link dropped
         if connected and not self._registered:
             resource = f"null/node/{self.node_name}"
             node = node_object(self.node_name)
