@@ -16,6 +16,7 @@ from aiohttp import web
 from ..apis import ResourceType
 from ..store import CompactedError, WatchOverflowError
 from . import discovery, errors
+from .authorization import User, authorize, node_user
 from .errors import APIError
 from .handling import API, Options
 from .openapi import OpenAPIDocs
@@ -31,6 +32,8 @@ MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request size limit
 DEFAULT_WATCH_TIMEOUT = 1800.0
 _ANONYMOUS = frozenset({"/version", "/livez", "/readyz", "/healthz"})
 _PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+USER = web.RequestKey("user", User)  # who is asking, set for every authenticated request
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,6 +58,7 @@ class HTTPFrontend:
     ) -> None:
         self.api = api
         self.tokens = tokens  # bearer token -> user name
+        self._token_users = {token: User(name) for token, name in tokens.items()}
         self.server_address = server_address
         self.bookmark_interval = bookmark_interval
         self.ready = ready
@@ -71,23 +75,32 @@ class HTTPFrontend:
         for task in list(self._watches):
             task.cancel()
 
-    def authenticate(self, request: web.Request) -> str | None:
+    def authenticate(self, request: web.Request) -> User | None:
+        """The bearer token's user, else the node a verified client certificate names.
+
+        A wrong token is refused even with a certificate: bad credentials are never ignored.
+        """
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        if header.startswith("Bearer "):
+            given = header[7:].strip(" \t").encode("utf-8", "surrogateescape")
+            if not given:
+                return None
+            for token, user in self._token_users.items():
+                if hmac.compare_digest(token.encode(), given):
+                    return user
             return None
-        given = header[7:].strip(" \t").encode("utf-8", "surrogateescape")
-        if not given:
-            return None
-        for token, user in self.tokens.items():
-            if hmac.compare_digest(token.encode(), given):
-                return user
-        return None
+        # TLS verified the certificate against the cluster CA (CERT_OPTIONAL); a certificate
+        # it did not verify fails the handshake. Only node certificates are users here.
+        return node_user(request.get_extra_info("peercert"))
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
-        if path not in _ANONYMOUS and self.authenticate(request) is None:
-            return _error(APIError(401, "Unauthorized"))
+        if path not in _ANONYMOUS:
+            user = self.authenticate(request)
+            if user is None:
+                return _error(APIError(401, "Unauthorized"))
+            request[USER] = user
         try:
             return await handler(request)
         except APIError as exc:
@@ -204,6 +217,8 @@ class HTTPFrontend:
         method = request.method
         ns = namespace or ""
         api = self.api
+        if request[USER].node is not None:  # the admin skips this: no cost on its requests
+            await self._authorize(request, rt, namespace, name, sub)
         if sub == "log":
             if method != "GET":
                 raise errors.method_not_allowed(rt, f"{method} on {rt.plural}/log")
@@ -278,6 +293,30 @@ class HTTPFrontend:
                 )
             )
         raise errors.method_not_allowed(rt, method)
+
+    async def _authorize(
+        self, request: web.Request, rt: ResourceType, namespace: str | None, name: str, sub: str
+    ) -> None:
+        method = request.method
+        if method == "GET":
+            watch = request.query.get("watch") in ("1", "true", "True")
+            verb = "get" if name else "watch" if watch else "list"
+        elif method == "POST":
+            verb = "create"
+            if not name:  # what is created is named in the body
+                body = await _body(request)
+                meta = body.get("metadata") if isinstance(body, dict) else None
+                name = meta.get("name", "") if isinstance(meta, dict) else ""
+                name = name if isinstance(name, str) else ""
+        else:
+            verb = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+                method, method.lower()
+            )
+            if verb == "delete" and not name:
+                verb = "deletecollection"
+        denied = await authorize(request[USER], verb, rt, namespace, name, sub, self.api)
+        if denied is not None:
+            raise denied
 
     async def _patch(
         self, request: web.Request, rt: ResourceType, ns: str, name: str, sub: str, opts: Options
