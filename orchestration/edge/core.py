@@ -5,7 +5,9 @@ after the write committed; each committed pod (bound to this node) is then hande
 process runtime, a deleted one killed, and a changed ConfigMap or Secret re-syncs the pods
 that use it. Upstream, pod statuses, node status and Lease renewals go through the durable
 ``Outbox``, coalesced per object, so going offline (or restarting while offline) loses only
-superseded reports. On start the pods in MetaManager are handed to the runtime, which adopts
+superseded reports; each stays there until the cloud answers it (``response``, or ``error``
+when it refused it), and is sent again after a reconnect or ``ack_timeout`` without an answer.
+On start the pods in MetaManager are handed to the runtime, which adopts
 their still-running processes: the node keeps working with no cloud at all (edge autonomy).
 
 Upstream message shapes (all ``group: resource``):
@@ -17,6 +19,8 @@ Upstream message shapes (all ``group: resource``):
   ``spec.renewTime``, every ``status_interval``.
 * ``update <ns>/podstatus/<pod>`` (source ``edged``):
   ``{"metadata": {name, namespace, uid}, "status": PodStatus}``.
+* The cloud answers each of these with ``response`` or ``error`` whose ``parent_msg_id`` is
+  its ``msg_id``.
 * MetaServer writes, forwarded while online (source ``metaserver``): operation ``insert``
   (POST), ``update`` (PUT), ``patch`` (PATCH) or ``delete`` (DELETE), resource
   ``<ns>/<type>/<name>`` as far as the path names them, content ``{"method", "path",
@@ -38,7 +42,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..protocol import GROUP_RESOURCE, INSERT, PATCH, UPDATE, Message, parse_resource
+from ..protocol import (
+    ERROR,
+    GROUP_RESOURCE,
+    INSERT,
+    PATCH,
+    RESPONSE,
+    UPDATE,
+    Message,
+    parse_resource,
+)
 from ..store import SQLiteStore
 from .hub import EdgeHub, NotConnected, events_url
 from .joining import CertificateRotator, NodeCredentials
@@ -79,6 +92,7 @@ class EdgeCore:
         reconnect_backoff: tuple[float, float] = (1.0, 30.0),
         join_address: str | None = None,
         forward_timeout: float = 30.0,
+        ack_timeout: float = 10.0,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.credentials = NodeCredentials.load(self.data_dir)
@@ -94,6 +108,7 @@ class EdgeCore:
         self._status_interval = status_interval
         self._reconnect_backoff = reconnect_backoff
         self._join_address = join_address
+        self._ack_timeout = ack_timeout
         self.store = SQLiteStore(str(self.data_dir / "edge.db"))
         self.meta = MetaManager(
             self.store, secret_key=load_or_create_key(self.data_dir / "secrets.key")
@@ -214,6 +229,8 @@ class EdgeCore:
     # -- downstream ----------------------------------------------------------------------
 
     async def _downstream(self, message: Message) -> None:
+        if self._answered(message):
+            return  # the cloud's answer to an outbox message
         if self.forwarder.resolve(message):
             return  # the cloud's answer to a forwarded MetaServer write
         if self.podlogs.handle(message):
@@ -229,6 +246,20 @@ class EdgeCore:
             await self.hub.send(reply)  # no ACK on a lost link: the cloud resends
         if reply.operation != "error":
             await self.pods.after(message, before)
+
+    def _answered(self, reply: Message) -> bool:
+        """Drop the outbox row a ``response`` or ``error`` answers (an error too: the cloud
+        refused it, and sending it again would not help)."""
+        if self.outbox is None or reply.operation not in (RESPONSE, ERROR):
+            return False
+        key = self.outbox.acknowledge(reply.parent_msg_id)
+        if key is None:
+            return False
+        if reply.operation == ERROR:
+            log.warning("the cloud refused %s: %s", key, reply.content)
+        elif key == f"null/node/{self.node_name}":
+            self._registered = True
+        return True
 
     # -- upstream ------------------------------------------------------------------------
 
@@ -249,6 +280,8 @@ class EdgeCore:
     def _connection_changed(self, connected: bool) -> None:
         if not connected:
             self.podlogs.cancel_all()  # the cloud ended these streams when the link dropped
+        elif self.outbox is not None:
+            self.outbox.forget_sent()  # what the lost link carried may not have arrived
         if connected and not self._registered:
             resource = f"null/node/{self.node_name}"
             node = node_object(self.node_name)
@@ -268,21 +301,27 @@ class EdgeCore:
             await asyncio.sleep(self._status_interval)
 
     async def _flush_loop(self) -> None:
-        """Send the outbox, oldest first, whenever there is something and the link is up."""
-        assert self.outbox is not None
+        """Send the outbox, oldest first, whenever there is something and the link is up;
+        what the cloud has not answered by its deadline is sent again."""
+        outbox = self.outbox
+        assert outbox is not None
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            deadline = outbox.next_deadline() if self.hub.connected else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
             self._wake.clear()
             if not self.hub.connected:
                 continue  # woken again by the next connect
-            for item in self.outbox.pending():
+            for item in outbox.due(loop.time()):
+                # Marked first: its answer may arrive while the send is still returning.
+                outbox.sent(item, loop.time() + self._ack_timeout)
                 try:
                     await self.hub.send(item.message)
                 except NotConnected:
+                    outbox.forget_sent()  # the link is gone: all due again on the next one
                     break
-                self.outbox.remove(item.key, item.seq)
-                if item.message.resource == f"null/node/{self.node_name}":
-                    self._registered = True
 
 
 def _events_url(url: str, node_name: str) -> str:

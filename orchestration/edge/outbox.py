@@ -4,7 +4,9 @@ EdgeHub keeps nothing while the link is down, so pod statuses, node status and l
 are written here first and sent when the link is up. One row per key (e.g.
 ``default/podstatus/web``): a newer report replaces an older one, because the cloud only needs
 the latest state of each thing, and a node offline for a week must not replay a week of
-statuses. Rows are flushed in the order of their last write.
+statuses. Rows are flushed in the order of their last write, and a row stays until the cloud
+answers it (``response``, or ``error`` when it refused it) by ``parent_msg_id``: a report sent
+just before the cloud died is sent again, after a reconnect or when no answer came in time.
 
 It is a tiny SQLite file of its own, written synchronously from the event loop: each write is
 one small row, and callers (runtime status callbacks) must not await.
@@ -51,6 +53,13 @@ class Pending:
     message: Message
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    seq: int
+    msg_id: str
+    deadline: float  # event-loop time after which it is sent again
+
+
 class Outbox:
     """Coalescing, ordered, durable queue of upstream messages, keyed by what they report on."""
 
@@ -62,6 +71,8 @@ class Outbox:
         # FULL: a status written just before a power cut is still there after it.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        # In memory: what was sent and awaits its answer, per key (a reconnect forgets it all).
+        self._sent: dict[str, _Sent] = {}
 
     def _next_seq(self, first: bool) -> int:
         row = self._db.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
@@ -90,10 +101,43 @@ class Outbox:
         return None if row is None else Message.decode(row[0])
 
     def remove(self, key: str, seq: int) -> bool:
-        """Drop ``key`` once sent, unless a newer report replaced it meanwhile."""
+        """Drop ``key`` once answered, unless a newer report replaced it meanwhile."""
         with self._db:
             cur = self._db.execute("DELETE FROM outbox WHERE key = ? AND seq = ?", (key, seq))
-        return cur.rowcount > 0
+        if cur.rowcount == 0:
+            return False
+        self._sent.pop(key, None)  # nothing left to await (or resend) for it
+        return True
+
+    def due(self, now: float) -> list[Pending]:
+        """The rows to send, oldest first: those not sent, or not answered by their deadline
+        (a newer report for a key is a new row, whatever its predecessor awaits)."""
+        return [p for p in self.pending() if not self._awaits(p, now)]
+
+    def _awaits(self, item: Pending, now: float) -> bool:
+        sent = self._sent.get(item.key)
+        return sent is not None and sent.seq == item.seq and sent.deadline > now
+
+    def sent(self, item: Pending, deadline: float) -> None:
+        """``item`` went out: not due again before ``deadline``, unless it is answered."""
+        self._sent[item.key] = _Sent(item.seq, item.message.msg_id, deadline)
+
+    def next_deadline(self) -> float | None:
+        return min((s.deadline for s in self._sent.values()), default=None)
+
+    def forget_sent(self) -> None:
+        """The link was lost: every pending row is due again."""
+        self._sent.clear()
+
+    def acknowledge(self, parent_msg_id: str) -> str | None:
+        """The key whose sent message the cloud's reply answers (its row dropped, unless a
+        newer report replaced it meanwhile); None if it answers nothing sent from here."""
+        for key, sent in self._sent.items():
+            if sent.msg_id == parent_msg_id:
+                del self._sent[key]
+                self.remove(key, sent.seq)
+                return key
+        return None
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

@@ -126,21 +126,21 @@ async def cloud(tmp_path: Path) -> AsyncIterator[ScriptedCloud]:
 
 
 @pytest_asyncio.fixture
-async def make_core(tmp_path: Path, cloud: ScriptedCloud) -> AsyncIterator[Callable[[], Any]]:
+async def make_core(tmp_path: Path, cloud: ScriptedCloud) -> AsyncIterator[Callable[..., Any]]:
     data_dir = joined_data_dir(cloud, tmp_path / "edge")
     made: list[EdgeCore] = []
 
-    async def make() -> EdgeCore:
-        core = EdgeCore(
-            data_dir,
-            cloud_url=cloud.url(),
-            metaserver_port=0,
-            heartbeat=5.0,
-            status_interval=0.3,
-            backoff=FAST,
-            reconnect_backoff=(0.05, 0.2),
-            forward_timeout=5.0,
-        )
+    async def make(**options: Any) -> EdgeCore:
+        settings: dict[str, Any] = {
+            "cloud_url": cloud.url(),
+            "metaserver_port": 0,
+            "heartbeat": 5.0,
+            "status_interval": 0.3,
+            "backoff": FAST,
+            "reconnect_backoff": (0.05, 0.2),
+            "forward_timeout": 5.0,
+        }
+        core = EdgeCore(data_dir, **(settings | options))
         made.append(core)
         await core.start()
         return core
@@ -228,7 +228,7 @@ async def deliver(cloud: ScriptedCloud, core: EdgeCore, message: Message) -> Non
 
 
 async def test_pod_runs_reports_and_stops(
-    cloud: ScriptedCloud, make_core: Callable[[], Any]
+    cloud: ScriptedCloud, make_core: Callable[..., Any]
 ) -> None:
     core: EdgeCore = await make_core()
     node = await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
@@ -308,7 +308,7 @@ def _read(path: Path) -> str:
 
 
 async def test_offline_restart_keeps_pods_and_queues_statuses(
-    cloud: ScriptedCloud, make_core: Callable[[], Any]
+    cloud: ScriptedCloud, make_core: Callable[..., Any]
 ) -> None:
     core: EdgeCore = await make_core()
     await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
@@ -382,6 +382,113 @@ async def test_outbox_coalesces_per_key_and_survives_reopen(tmp_path: Path) -> N
     assert not box.remove("null/node/x", seq)  # replaced meanwhile: the newer one stays
     assert len(box) == 3
     box.close()
+
+
+def test_outbox_keeps_rows_until_answered(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    box.put("a", down("update", "default/podstatus/a", {"n": 0}))
+    box.put("b", down("update", "default/podstatus/b", {"n": 0}))
+    a, b = box.pending()
+    box.sent(a, deadline=10.0)
+    box.sent(b, deadline=20.0)
+    assert box.due(now=5.0) == [] and box.next_deadline() == 10.0
+    assert box.due(now=15.0) == [a]  # not answered in time: sent again
+    # a newer report supersedes the one in flight: it is due, and the old ACK keeps it
+    box.put("a", down("update", "default/podstatus/a", {"n": 1}))
+    (newer,) = box.due(now=5.0)
+    assert newer.message.content == {"n": 1}
+    assert box.acknowledge(a.message.msg_id) == "a"
+    assert box.get("a") == newer.message
+    box.sent(newer, deadline=10.0)
+    assert box.acknowledge(newer.message.msg_id) == "a"
+    assert box.acknowledge(b.message.msg_id) == "b"
+    assert len(box) == 0 and box.next_deadline() is None
+    assert box.acknowledge(b.message.msg_id) is None  # answered twice: nothing to drop
+    # a lost link: everything pending is due again, in order
+    box.put("c", down("update", "default/podstatus/c", {}))
+    box.put("d", down("update", "default/podstatus/d", {}))
+    for item in box.pending():
+        box.sent(item, deadline=10.0)
+    box.forget_sent()
+    assert [p.key for p in box.due(now=0.0)] == ["c", "d"]
+    c = box.pending()[0]
+    box.sent(c, deadline=10.0)
+    assert box.remove("c", c.seq) and box.next_deadline() is None  # no deadline left behind
+    box.close()
+
+
+def position(cloud: ScriptedCloud, message: Message) -> int:
+    """Where ``message`` (this very one: a resent message equals the first send) arrived."""
+    return next(i for i, m in enumerate(cloud.up) if m is message)
+
+
+def sent_count(cloud: ScriptedCloud, msg_id: str) -> int:
+    return sum(m.msg_id == msg_id for m in cloud.up)
+
+
+async def settled(cloud: ScriptedCloud, core: EdgeCore) -> None:
+    """Every message sent down before returns once handled (the edge handles them in order)."""
+    await deliver(cloud, core, down("insert", "default/configmap/cfg", configmap()))
+
+
+async def running_web(cloud: ScriptedCloud, core: EdgeCore) -> Message:
+    """Start pod ``web``; its Running status, as it is still queued in the outbox."""
+    await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
+    await deliver(cloud, core, down("insert", "default/configmap/cfg", configmap()))
+    await deliver(cloud, core, down("insert", "default/pod/web", pod("web", "uid-web", APP)))
+    running = await cloud.wait_for(is_status("web", "Running"))
+    assert core.outbox is not None
+    assert core.outbox.get("default/podstatus/web") == running  # sent, not answered: kept
+    return running
+
+
+async def test_unanswered_status_is_resent_until_answered(
+    cloud: ScriptedCloud, make_core: Callable[..., Any]
+) -> None:
+    core: EdgeCore = await make_core(ack_timeout=0.3)
+    running = await running_web(cloud, core)
+    # no answer within ack_timeout: the same message (same msg_id) goes up again
+    index = position(cloud, running)
+    again = await cloud.wait_for(lambda m: m.msg_id == running.msg_id, since=index + 1)
+    await cloud.send(again.response({"status": {}}, source="edgecontroller"))
+    await settled(cloud, core)
+    assert core.outbox is not None
+    assert core.outbox.get("default/podstatus/web") is None
+    # answered: no more resends (the node status and lease keep flowing meanwhile)
+    count = sent_count(cloud, running.msg_id)
+    mark = len(cloud.up)
+    lease = f"kube-node-lease/lease/{NODE}"
+    for _ in range(3):  # 3 lease rounds > ack_timeout
+        mark = position(cloud, await cloud.wait_for(lambda m: m.resource == lease, mark)) + 1
+    assert sent_count(cloud, running.msg_id) == count
+
+
+async def test_pending_status_is_resent_after_reconnect_and_error_drops_it(
+    cloud: ScriptedCloud, make_core: Callable[..., Any]
+) -> None:
+    core: EdgeCore = await make_core(ack_timeout=300.0)  # only a reconnect resends
+    running = await running_web(cloud, core)
+    node = await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
+    await cloud.stop()
+    await eventually(lambda: not core.connected or _fail())
+    mark = len(cloud.up)
+    await cloud.start()
+    # pending rows go up again in order: the (re-)registration first, then the pod status
+    again = await cloud.wait_for(lambda m: m.msg_id == running.msg_id, since=mark)
+    node_again = await cloud.wait_for(lambda m: m.resource == node.resource, since=mark)
+    assert position(cloud, node_again) < position(cloud, again)
+    # the superseded registration's late ACK leaves the newer one queued
+    assert node_again.msg_id != node.msg_id
+    await cloud.send(node.response("OK", source="edgecontroller"))
+    await settled(cloud, core)
+    assert core.outbox is not None
+    assert core.outbox.get(node.resource) == node_again
+    await cloud.send(node_again.response("OK", source="edgecontroller"))
+    # the cloud refuses the status: dropped, not resent
+    await cloud.send(again.error("forbidden: not yours", source="edgecontroller"))
+    await settled(cloud, core)
+    assert core.outbox.get("default/podstatus/web") is None
+    assert core.outbox.get(node.resource) is None
 
 
 def test_forwarding_shapes() -> None:
