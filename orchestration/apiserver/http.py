@@ -18,10 +18,18 @@ from ..store import CompactedError, WatchOverflowError
 from . import discovery, errors
 from .authorization import User, authorize, node_user
 from .errors import APIError
-from .handling import API, Options
+from .handling import API
 from .openapi import OpenAPIDocs
-from .patching import PatchError, decode_patch, load_yaml
+from .patching import PatchError
 from .podlogs import choose_container, open_log, parse_options
+from .routing import (
+    Target,
+    created_name,
+    decode_body,
+    perform_write,
+    request_verb,
+    resolve_target,
+)
 from .selection import build_matcher
 from .tables import to_table
 
@@ -183,36 +191,11 @@ class HTTPFrontend:
             if doc is None:
                 raise APIError(404, "the server could not find the requested resource")
             return _json(doc)
-        namespace: str | None = None
-        if (
-            rest[0] == "namespaces"
-            and len(rest) >= 3
-            and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
-        ):
-            namespace, rest = rest[1], rest[2:]
-        if len(rest) > 3:
-            raise APIError(404, "the server could not find the requested resource")
-        plural = rest[0]
-        name = rest[1] if len(rest) > 1 else ""
-        sub = rest[2] if len(rest) > 2 else ""
-        rt = self.api.registry.lookup(group, version, plural)
-        if rt is None:
-            raise APIError(404, "the server could not find the requested resource")
-        if rt.namespaced and namespace is None and name:
-            raise APIError(404, "the server could not find the requested resource")
-        if not rt.namespaced and namespace is not None:
-            raise APIError(404, "the server could not find the requested resource")
-        if (
-            sub
-            and sub not in rt.subresources
-            and not (sub == "finalize" and rt.plural == "namespaces" and not rt.group)
-        ):
-            raise APIError(404, "the server could not find the requested resource")
-        return await self._verb(request, rt, namespace, name, sub)
+        target = resolve_target(self.api.registry, group, version, rest)
+        return await self._verb(request, target)
 
-    async def _verb(
-        self, request: web.Request, rt: ResourceType, namespace: str | None, name: str, sub: str
-    ) -> web.StreamResponse:
+    async def _verb(self, request: web.Request, target: Target) -> web.StreamResponse:
+        rt, namespace, name, sub = target.rt, target.namespace, target.name, target.subresource
         q = request.query
         method = request.method
         ns = namespace or ""
@@ -240,89 +223,27 @@ class HTTPFrontend:
                 continue_token=q.get("continue", ""),
             )
             return self._maybe_table(request, rt, listed["items"], listed)
-        dry_run = q.getall("dryRun", [])
-        for value in dry_run:
-            if value != "All":
-                raise errors.bad_request(
-                    f'dryRun: Unsupported value: "{value}": supported values: "All"'
-                )
-        opts = Options(
-            dry_run=bool(dry_run),
-            field_validation=q.get("fieldValidation", ""),
-            field_manager=q.get("fieldManager", ""),
-            force=q.get("force") in ("true", "1"),
+        status, obj = await perform_write(
+            api,
+            target,
+            method,
+            q,
+            await request.read(),
+            request.headers.get("Content-Type", ""),
         )
-        if opts.field_validation not in ("Ignore", "Warn", "Strict"):
-            raise errors.bad_request(
-                f'fieldValidation: Unsupported value: "{opts.field_validation}": supported '
-                'values: "Ignore", "Warn", "Strict"'
-            )
-        if method == "POST":
-            body = await _body(request)
-            if sub == "binding" and name:
-                return _json(await api.bind(rt, ns, name, body), 201)
-            if name:
-                raise errors.method_not_allowed(rt, "POST on a named object")
-            return _json(await api.create(rt, ns, body, opts), 201)
-        if method == "PUT" and name:
-            body = await _body(request)
-            if sub == "scale":
-                return _json(await api.update_scale(rt, ns, name, body, opts))
-            return _json(await api.update(rt, ns, name, body, opts, subresource=sub))
-        if method == "PATCH" and name:
-            return _json(await self._patch(request, rt, ns, name, sub, opts))
-        if method == "DELETE":
-            if sub:
-                raise errors.method_not_allowed(rt, f"DELETE on {rt.plural}/{sub}")
-            if not name and rt.namespaced and namespace is None:
-                raise errors.method_not_allowed(rt, "DELETE of a collection across namespaces")
-            raw = await request.read()
-            options = _decode_json(raw) if raw.strip() else {}
-            if not isinstance(options, dict):
-                raise errors.bad_request("the DeleteOptions body must be a JSON object")
-            for key in ("propagationPolicy", "gracePeriodSeconds"):
-                if key in q:
-                    options.setdefault(key, q[key])
-            dry = opts.dry_run or bool(options.get("dryRun"))
-            if name:
-                return _json(await api.delete(rt, ns, name, options, dry_run=dry))
-            matches = build_matcher(rt, q.get("labelSelector", ""), q.get("fieldSelector", ""))
-            return _json(
-                await api.delete_collection(
-                    rt, namespace, matches=matches, options=options, dry_run=dry
-                )
-            )
-        raise errors.method_not_allowed(rt, method)
+        return _json(obj, status)
 
     async def _authorize(
         self, request: web.Request, rt: ResourceType, namespace: str | None, name: str, sub: str
     ) -> None:
         method = request.method
-        if method == "GET":
-            watch = request.query.get("watch") in ("1", "true", "True")
-            verb = "get" if name else "watch" if watch else "list"
-        elif method == "POST":
-            verb = "create"
-            if not name:  # what is created is named in the body
-                body = await _body(request)
-                meta = body.get("metadata") if isinstance(body, dict) else None
-                name = meta.get("name", "") if isinstance(meta, dict) else ""
-                name = name if isinstance(name, str) else ""
-        else:
-            verb = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
-                method, method.lower()
-            )
-            if verb == "delete" and not name:
-                verb = "deletecollection"
+        watch = request.query.get("watch") in ("1", "true", "True")
+        verb = request_verb(method, name, watch=watch)
+        if method == "POST" and not name:  # what is created is named in the body
+            name = created_name(await _body(request))
         denied = await authorize(request[USER], verb, rt, namespace, name, sub, self.api)
         if denied is not None:
             raise denied
-
-    async def _patch(
-        self, request: web.Request, rt: ResourceType, ns: str, name: str, sub: str, opts: Options
-    ) -> dict[str, Any]:
-        kind, patch = decode_patch(request.headers.get("Content-Type", ""), await request.read())
-        return await self.api.patch_with(rt, ns, name, kind, patch, opts, subresource=sub)
 
     async def _pod_log(
         self, request: web.Request, rt: ResourceType, ns: str, name: str
@@ -464,26 +385,5 @@ def _int_param(q: Any, name: str) -> int:
     return value
 
 
-def _decode_json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise errors.bad_request(f"the request body is not valid JSON: {exc}") from None
-
-
 async def _body(request: web.Request) -> Any:
-    raw = await request.read()
-    ctype = request.content_type
-    if ctype in ("application/yaml", "application/x-yaml"):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise errors.bad_request("the request body is not UTF-8") from None
-        return load_yaml(text, "the request body")
-    if ctype and ctype not in ("application/json", "application/octet-stream", "text/plain"):
-        raise APIError(
-            415,
-            f"the body of the request was in an unknown format ({ctype}); accepted media types "
-            "include: application/json, application/yaml",
-        )
-    return _decode_json(raw)
+    return decode_body(await request.read(), request.content_type)

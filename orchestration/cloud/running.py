@@ -15,6 +15,7 @@ from ..client import NODES, LocalClient, NotFoundError
 from ..protocol import ERROR, RESPONSE, Message
 from .controlling import ControllerManager
 from .edgecontrol import EdgeController
+from .forwarding import WriteForwarding
 from .hub import CloudHub, mtls_server_context
 from .joining import JoinServer
 from .nodereports import NodeReports
@@ -57,6 +58,7 @@ class Cloud:
         self.hub: CloudHub | None = None
         self.edge: EdgeController | None = None
         self._reports: NodeReports | None = None
+        self._writes: WriteForwarding | None = None
         self.logs: PodLogStreams | None = None
 
     async def start(self) -> None:
@@ -83,6 +85,7 @@ class Cloud:
                 keepalive_timeout=self._keepalive_timeout,
             )
             self._reports = NodeReports(client)
+            self._writes = WriteForwarding(self.server.api)
             self.logs = PodLogStreams(self.hub)
             self.hub.on_disconnect(self.logs.node_gone)
             self.server.api.pod_logs = self.logs.open
@@ -135,8 +138,15 @@ class Cloud:
 
     async def _upstream(self, node: str, message: Message) -> None:
         """Log replies go to their streams (before the edge controller, which would take a
-        response for an ACK); node reports to NodeReports; the rest to the edge controller."""
+        response for an ACK); writes forwarded by the node's MetaServer to WriteForwarding;
+        node reports to NodeReports; the rest to the edge controller."""
         if self.logs is not None and self.logs.handle(node, message):
+            return
+        if message.operation not in (RESPONSE, ERROR) and WriteForwarding.handles(message):
+            assert self._writes is not None and self.hub is not None
+            answer = await self._writes.handle(node, message)
+            with contextlib.suppress(NodeNotConnected):
+                await self.hub.send(node, answer)
             return
         if message.operation in (RESPONSE, ERROR) or not NodeReports.handles(message):
             assert self.edge is not None
