@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from orbiter.orchestration.client import PODS, SECRETS, NotFoundError
+from orbiter.orchestration.client import EVENTS, PODS, SECRETS, NotFoundError
 from orbiter.orchestration.cloud.forwarding import MAX_BODY, SOURCE, WriteForwarding
 from orbiter.orchestration.protocol import GROUP_RESOURCE, RESPONSE, Message
 
@@ -58,7 +58,9 @@ async def send(
         return resp.status, orjson.loads(await resp.read())
 
 
-async def test_create_reaches_the_api_as_the_node(http: aiohttp.ClientSession) -> None:
+async def test_create_reaches_the_api_as_the_node(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
     # The node may create its own Node object: authorized, then refused by the API (409).
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}
     status, body = await send(http, "POST", "/api/v1/nodes", orjson.dumps(node))
@@ -69,7 +71,7 @@ async def test_create_reaches_the_api_as_the_node(http: aiohttp.ClientSession) -
     status, body = await send(http, "POST", "/api/v1/nodes", orjson.dumps(other))
     assert status == 403, body
     assert "node 'edge-0' cannot modify node 'edge-9'" in body["message"]
-    # Events are not in the node authorizer's rules (kube's system:node role grants them).
+    # Events a node (or an app on it) records are allowed, as kube's system:node role does.
     event = {
         "apiVersion": "v1",
         "kind": "Event",
@@ -80,6 +82,11 @@ async def test_create_reaches_the_api_as_the_node(http: aiohttp.ClientSession) -
     status, body = await send(
         http, "POST", "/api/v1/namespaces/default/events", orjson.dumps(event)
     )
+    assert status == 201, body
+    stored = await cluster.client.get(EVENTS, "app-started", "default")
+    assert stored["reason"] == "Started"
+    # ... but deleting them is not the node's business.
+    status, body = await send(http, "DELETE", "/api/v1/namespaces/default/events/app-started", b"")
     assert status == 403, body
 
 
