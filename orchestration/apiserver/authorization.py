@@ -105,9 +105,9 @@ async def authorize(
             return None
         if name != node:
             return deny(f"node '{node}' cannot modify node '{name}'" if name else "")
-        if (verb == "create" and not subresource) or (
-            verb in _WRITE and subresource in ("", "status")
-        ):
+        # NodeRestriction: labels and spec (taints, unschedulable) steer workloads and are the
+        # admin's; a node creates itself and writes its status, nothing more.
+        if (verb == "create" and not subresource) or (verb in _WRITE and subresource == "status"):
             return None
         return deny()
     if key == ("coordination.k8s.io", "leases") and ns == LEASE_NAMESPACE and name == node:

@@ -168,6 +168,7 @@ class JoinHandlers:
                     f"node {node_name!r} is connected; another node cannot join under its "
                     "name (pick another name, or stop that node first)",
                 )
+
         elif peer_cert is not None:
             self._check_peer(peer_cert, node_name, now)
         else:
@@ -420,10 +421,24 @@ class JoinServer:
         node_name = request.headers.get("NodeName")
         try:
             body = await _read_capped(request, MAX_CSR_BYTES)
+            authorization = request.headers.get("Authorization")
+            # A token is shared: a Node that exists renews with its own certificate. Joining
+            # over it would hand its pods and Secrets to whoever holds the token.
+            if (
+                authorization is not None
+                and node_name
+                and await self.handlers.node_exists(node_name)
+            ):
+                raise JoinRefused(
+                    409,
+                    "Conflict",
+                    f"node {node_name!r} already exists; it renews with its own certificate "
+                    "(to join a new machine under this name, delete the Node first)",
+                )
             pem = self.handlers.handle_csr(
                 body,
                 node_name=node_name,
-                authorization=request.headers.get("Authorization"),
+                authorization=authorization,
                 peer_cert=_peer_certificate(request),
             )
         except JoinRefused as refused:

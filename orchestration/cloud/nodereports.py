@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 SOURCE = "edgecontroller"
 KINDS = frozenset({"node", "nodestatus", "nodepatch", "lease"})
 _EDGE_LABELS = {"node-role.kubernetes.io/edge": "", "node-role.kubernetes.io/agent": ""}
+LEASE_NS = "kube-node-lease"  # a node's Lease lives here and nowhere else
+# NodeRestriction: a node may not give itself labels that steer workloads or claim roles.
+_PROTECTED_LABEL_PREFIXES = ("node-restriction.kubernetes.io/", "node-role.kubernetes.io/")
 
 
 class NodeReports:
@@ -53,7 +56,7 @@ class NodeReports:
                 if not isinstance(status, dict):
                     return message.error("bad request: content.status must be an object")
                 await self.client.patch(NODES, node, {"status": status}, subresource="status")
-            elif kind == "lease" and message.operation in (INSERT, UPDATE) and ns:
+            elif kind == "lease" and message.operation in (INSERT, UPDATE) and ns == LEASE_NS:
                 await self._renew(node, ns, content)
             else:
                 return message.error(
@@ -69,7 +72,11 @@ class NodeReports:
         meta = _object(reported.get("metadata"))
         reported_labels = _object(meta.get("labels"))
         labels = {
-            **{k: v for k, v in reported_labels.items() if isinstance(v, str)},
+            **{
+                k: v
+                for k, v in reported_labels.items()
+                if isinstance(v, str) and not k.startswith(_PROTECTED_LABEL_PREFIXES)
+            },
             **_EDGE_LABELS,
         }
         status = _object(reported.get("status"))
@@ -80,7 +87,7 @@ class NodeReports:
                 "apiVersion": "v1",
                 "kind": "Node",
                 "metadata": {"name": node, "labels": labels},
-                "spec": _object(reported.get("spec")),
+                "spec": {},  # taints and unschedulable are the admin's, not the node's
             }
             await self.client.create(NODES, body)
         else:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "cloudstream"
 KIND = "podlog"
+_CHUNK_OVERHEAD = 64  # what one queued chunk costs beyond its bytes, counted against the cap
 _GAP = b"\n[orbiter: %d bytes of log dropped here: the reader fell behind]\n"
 
 
@@ -64,7 +65,10 @@ class _Stream:
         if self.ended:
             return
         if isinstance(item, bytes):
-            if self.buffered + len(item) > max_buffer:
+            # Each queued chunk costs its object too: a node answering in 1-byte chunks must
+            # not queue millions of them under the byte cap.
+            cost = len(item) + _CHUNK_OVERHEAD
+            if self.buffered + cost > max_buffer:
                 gap = self.items[-1] if self.items else None
                 if not isinstance(gap, _Dropped):
                     gap = _Dropped()
@@ -72,7 +76,7 @@ class _Stream:
                 gap.count += len(item)
             elif item or not self.items:  # an empty chunk only matters as the first reply
                 self.items.append(item)
-                self.buffered += len(item)
+                self.buffered += cost
         else:
             self.ended = True
             self.items.append(item)
@@ -84,7 +88,7 @@ class _Stream:
             await self.wake.wait()
         item = self.items.popleft()
         if isinstance(item, bytes):
-            self.buffered -= len(item)
+            self.buffered -= len(item) + _CHUNK_OVERHEAD
         return item
 
 

@@ -153,6 +153,29 @@ async def test_a_node_may_only_report_for_itself(tmp_path: Path) -> None:
         assert reply.operation == "error" and "forbidden" in str(reply.content)
         lease = Message("edged", "resource", "update", "kube-node-lease/lease/edge-2", {})
         assert (await reports.handle("edge-1", lease)).operation == "error"
+        # Its Lease lives in kube-node-lease only.
+        stray = Message("edged", "resource", "update", "default/lease/edge-1", {"spec": {}})
+        assert (await reports.handle("edge-1", stray)).operation == "error"
+        # It may not give itself roles or restricted labels, nor taints.
+        node = {
+            "metadata": {
+                "labels": {
+                    "zone": "north",
+                    "node-role.kubernetes.io/control-plane": "",
+                    "node-restriction.kubernetes.io/pool": "gpu",
+                }
+            },
+            "spec": {"unschedulable": True},
+        }
+        register = Message("edged", "resource", "insert", "null/node/edge-1", node)
+        assert (await reports.handle("edge-1", register)).operation == "response"
+        stored = await LocalClient(cloud.server.api).get(NODES, "edge-1")
+        assert stored["metadata"]["labels"] == {
+            "zone": "north",
+            "node-role.kubernetes.io/edge": "",
+            "node-role.kubernetes.io/agent": "",
+        }
+        assert not stored["spec"].get("unschedulable")
         junk = Message("edged", "resource", "insert", "null/node/edge-1", "not an object")
         assert "bad request" in str((await reports.handle("edge-1", junk)).content)
         with pytest.raises(NotFoundError):

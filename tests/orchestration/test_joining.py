@@ -359,6 +359,15 @@ async def test_name_held_by_a_connected_node_is_refused(
     await join(server.url, create_join_token(cloud_dir, 600), "edge-2", tmp_path / "edge")
 
 
+async def test_a_token_cannot_join_over_an_existing_node(
+    server: JoinServer, cloud_dir: Path, tmp_path: Path
+) -> None:
+    # The token is shared; taking over "existing" would hand its pods and Secrets away.
+    with pytest.raises(JoinError, match="'existing' already exists") as info:
+        await join(server.url, create_join_token(cloud_dir, 600), "existing", tmp_path / "edge")
+    assert info.value.status == 409
+
+
 async def test_renewal_needs_the_nodes_own_certificate(
     server: JoinServer, cloud_dir: Path, tmp_path: Path
 ) -> None:

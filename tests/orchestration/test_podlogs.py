@@ -251,12 +251,13 @@ def test_kubectl_logs_and_follow(cluster_thread: ClusterThread, tmp_path: Path) 
 
 
 def test_slow_reader_gets_a_drop_marker_not_a_stalled_hub() -> None:
-    from orbiter.orchestration.cloud.podlogs import _Stream
+    from orbiter.orchestration.cloud.podlogs import _CHUNK_OVERHEAD, _Stream
 
+    cap = 2 * (10 + _CHUNK_OVERHEAD) + 5  # room for two chunks (each costs its object too)
     stream = _Stream(NODE)
     for _ in range(5):
-        stream.push(b"x" * 10, 25)  # room for two chunks; the next three are dropped
-    stream.push(None, 25)
+        stream.push(b"x" * 10, cap)  # the next three are dropped
+    stream.push(None, cap)
 
     async def drain() -> list[Any]:
         return [await stream.get() for _ in range(4)]
