@@ -11,6 +11,8 @@ import contextlib
 import logging
 from typing import Any
 
+import orjson
+
 from ..apis import ResourceType
 from ..store import Event, KeyValue, StoreError
 from .errors import APIError
@@ -31,8 +33,9 @@ def _is_crd(rt: ResourceType) -> bool:
 class CustomResources:
     def __init__(self, api: API) -> None:
         self.api = api
-        # (group, version, plural) -> (the schema dict it was compiled from, compiled)
-        self._schemas: dict[tuple[str, str, str], tuple[Any, CompiledSchema]] = {}
+        # (group, version, plural) -> (the schema's canonical JSON, compiled). Keyed by content:
+        # every CRD event rebuilds the ResourceTypes, and recompiling each time is wasted work.
+        self._schemas: dict[tuple[str, str, str], tuple[bytes, CompiledSchema]] = {}
         self._follower: PrefixFollower | None = None
         api.validators.append(self.validate)
         api.after_write.append(self.after_write)
@@ -88,9 +91,10 @@ class CustomResources:
         if rt.schema is None:
             return None
         key = (rt.group, rt.version, rt.plural)
+        source = orjson.dumps(rt.schema, option=orjson.OPT_SORT_KEYS)
         cached = self._schemas.get(key)
-        if cached is None or cached[0] is not rt.schema:
-            cached = (rt.schema, compile_schema(rt.schema))
+        if cached is None or cached[0] != source:
+            cached = (source, compile_schema(rt.schema))
             self._schemas[key] = cached
         return cached[1]
 

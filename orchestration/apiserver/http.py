@@ -65,7 +65,6 @@ class HTTPFrontend:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.api = api
-        self.tokens = tokens  # bearer token -> user name
         self._token_users = {token: User(name) for token, name in tokens.items()}
         self.server_address = server_address
         self.bookmark_interval = bookmark_interval

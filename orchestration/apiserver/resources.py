@@ -54,6 +54,3 @@ class ResourceRegistry:
     def custom_names(self) -> set[str]:
         """The CRDs whose types are served now."""
         return set(self._custom)
-
-    def is_builtin(self, group: str, plural: str) -> bool:
-        return any(g == group and p == plural for g, _, p in self._builtin)

@@ -71,6 +71,7 @@ class APIServer:
         self._runner: web.AppRunner | None = None
         self._compactor: asyncio.Task[None] | None = None
         self._ready = False
+        self._token: str | None = None
 
     @property
     def api(self) -> API:
@@ -94,7 +95,9 @@ class APIServer:
 
     @property
     def token(self) -> str:
-        return admin_token(self.data_dir)
+        if self._token is None:
+            self._token = admin_token(self.data_dir)
+        return self._token
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

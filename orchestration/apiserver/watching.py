@@ -41,8 +41,6 @@ def _decoded(codec: Codec, rt: ResourceType, event: Event, which: str) -> dict[s
         kv = event.kv if which == "cur" else event.prev
         assert kv is not None
         obj = codec.decode(rt, kv)
-        if which == "cur" and event.type == "DELETED":
-            obj["metadata"]["resourceVersion"] = str(event.kv.mod_revision)
         event.memo[memo_key] = obj
     return obj  # type: ignore[no-any-return]
 
