@@ -12,16 +12,19 @@ to the API and plain HTTP to a node's MetaServer. Everything on 127.0.0.1.
    its first line on stdout (the interpreter-startup floor, no wrapper, no API).
 2. cloud→edge messages/s: one pod on edge-0 mounts ``--configmaps`` ConfigMaps; ``--messages``
    merge patches of them through the API. Observable: MODIFIED events on the node's MetaServer
-   watch, i.e. writes MetaManager committed; it ACKs each right after the commit and the
-   cloud's queue is stop-and-wait (one un-ACKed message per node), so this is the rate of
-   acknowledged deliveries. Baseline: sequential round trips of a message of the same size
-   over an mTLS WebSocket (aiohttp, the node's and CloudHub's certificates) to an echo server
-   in its own process.
+   watch, i.e. writes MetaManager committed; it ACKs each right after the commit, and the
+   cloud keeps up to 64 un-ACKed per node (one per object), so this is the rate of
+   acknowledged deliveries, newer versions coalescing older ones still queued. Then a backlog:
+   ``--backlog`` ConfigMaps already exist when a pod on edge-0 starts to reference them all,
+   so they are queued at once and only the delivery path sets the pace. Baseline: round trips
+   of a message of the same size over an mTLS WebSocket (aiohttp, the node's and CloudHub's
+   certificates) to an echo server in its own process, one at a time and 64 ahead.
 3. Memory: a fresh node (``idle-0``, its own process) with ``--idle-pods`` pods Running and
    idle: VmRSS of the EdgeCore process only (its pods are separate processes, listed apart),
    beside a bare ``python -c "import time; time.sleep(60)"``.
 
     .venv/bin/python bench/edge.py [--nodes 10] [--pods 100] [--idle-pods 20] [--messages 2000]
+        [--backlog 1000]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ PY = sys.executable
 SLEEP = "import time; time.sleep(3600)"
 NS = "default"
 START_TIMEOUT = 60.0
+WINDOW = 64  # NodeQueue's default window of un-ACKed messages
 FREE_PORTS = ("--api-port", "0", "--hub-port", "0", "--join-port", "0")
 
 
@@ -262,6 +266,7 @@ class Bench:
             self.out["startup"] = await self.pod_startup(http)
             self.out["startup_baseline"] = await self.popen_baseline(args.pods)
             self.out["messages"] = await self.messages(http, urls[0])
+            self.out["messages_backlog"] = await self.backlog(http, urls[0])
             self.out["messages_baseline"] = await self.echo_baseline()
             self.out["memory"] = await self.memory(http)
         return self.out
@@ -442,7 +447,7 @@ class Bench:
         return {
             "what": f"{total} merge patches over {k} ConfigMaps mounted by one pod on edge-0; "
             "counted: MODIFIED events on edge-0's MetaServer watch (MetaManager commits, each "
-            "ACKed right after; stop-and-wait per node)",
+            "ACKed right after; up to 64 un-ACKed per node, one per object)",
             "updates_sent": total,
             "api_patches_per_s": round(total / (t_written - t0), 1),
             "deliveries": len(delivered),
@@ -451,6 +456,68 @@ class Bench:
             "last_version_at_edge_after_last_patch_ms": round(
                 (delivered[-1] - t_written) * 1000, 1
             ),
+        }
+
+    async def backlog(self, http: aiohttp.ClientSession, metaserver: str) -> dict[str, Any]:
+        """The delivery path alone, no producer in the way: ``--backlog`` ConfigMaps exist
+        first; one pod on edge-0 that references them all puts them on the node's queue at
+        once."""
+        n = self.args.backlog
+        cms = f"/api/v1/namespaces/{NS}/configmaps"
+
+        async def create(names: list[str]) -> None:
+            for name in names:
+                body = {"metadata": {"name": name, "labels": {"bench": "backlog"}}}
+                body["data"] = {"v": "x" * 200}
+                async with http.post(cms, data=orjson.dumps(body)) as r:
+                    assert r.status == 201, await r.text()
+
+        names = [f"backlog-{j}" for j in range(n)]
+        await asyncio.gather(*(create(names[j::8]) for j in range(8)))
+        reader = pod("backlog-reader", self.procs.marker, {"bench": "backlog"}, nodeName="edge-0")
+        reader["spec"]["containers"][0]["envFrom"] = [
+            {"configMapRef": {"name": name}} for name in names
+        ]
+        async with aiohttp.ClientSession(metaserver) as edge:
+            local = f"/api/v1/namespaces/{NS}/configmaps"
+            params = {"labelSelector": "bench=backlog"}
+            async with edge.get(local, params=params) as r:
+                listed = await r.json()
+            arrived: list[float] = []
+            done = asyncio.Event()
+
+            async def watch() -> None:
+                query = {**params, "watch": "true"}
+                query["resourceVersion"] = listed["metadata"]["resourceVersion"]
+                timeout = aiohttp.ClientTimeout(None)
+                async with edge.get(local, params=query, timeout=timeout) as r:
+                    async for line in r.content:
+                        if orjson.loads(line)["type"] == "ADDED":
+                            arrived.append(time.perf_counter())
+                            if len(arrived) == n:
+                                done.set()
+                                return
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.5)  # the watch is open (a MetaServer watch sends no bookmark)
+            t0 = time.perf_counter()
+            try:
+                async with http.post(
+                    f"/api/v1/namespaces/{NS}/pods", data=orjson.dumps(reader)
+                ) as r:
+                    assert r.status == 201, await r.text()
+                await asyncio.wait_for(done.wait(), 300)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        return {
+            "what": f"{n} ConfigMaps, created first, reach edge-0 when one pod there starts to "
+            "reference them all (envFrom): ADDED events on its MetaServer watch, from the pod's "
+            "creation to the last one",
+            "configmaps": n,
+            "deliveries_per_s": round(n / (arrived[-1] - t0), 1),
+            "first_after_ms": round((arrived[0] - t0) * 1000, 1),
         }
 
     async def echo_baseline(self) -> dict[str, Any]:
@@ -478,12 +545,30 @@ class Bench:
                     await ws.send_bytes(payload)
                     await ws.receive()
                 rate = n / (time.perf_counter() - t0)
+
+                window = asyncio.Semaphore(WINDOW)
+
+                async def receive(count: int) -> None:
+                    for _ in range(count):
+                        await ws.receive()
+                        window.release()
+
+                # Pipelined as NodeQueue sends: up to WINDOW frames out before their echoes.
+                t0 = time.perf_counter()
+                receiver = asyncio.create_task(receive(n))
+                for _ in range(n):
+                    await window.acquire()
+                    await ws.send_bytes(payload)
+                await receiver
+                pipelined = n / (time.perf_counter() - t0)
         finally:
             await _terminate(proc)
         return {
-            "what": f"{n} sequential round trips of {len(payload)} B over an mTLS WebSocket "
-            "(aiohttp; node cert -> CloudHub cert) to an echo server in its own process",
+            "what": f"{n} round trips of {len(payload)} B over an mTLS WebSocket (aiohttp; "
+            "node cert -> CloudHub cert) to an echo server in its own process, one at a time "
+            f"and pipelined ({WINDOW} ahead)",
             "round_trips_per_s": round(rate, 1),
+            "pipelined_per_s": round(pipelined, 1),
         }
 
     # -- 3. memory -----------------------------------------------------------------------
@@ -585,6 +670,7 @@ def main() -> None:
     p.add_argument("--idle-pods", type=int, default=20)
     p.add_argument("--messages", type=int, default=2000)
     p.add_argument("--configmaps", type=int, default=20, help="ConfigMaps the updates rotate over")
+    p.add_argument("--backlog", type=int, default=1000, help="ConfigMaps queued for a node at once")
     p.add_argument("--echo-server", type=Path, help=argparse.SUPPRESS)  # the baseline's peer
     args = p.parse_args()
     if args.echo_server is not None:

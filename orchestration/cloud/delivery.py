@@ -1,10 +1,12 @@
 """Reliable delivery to one edge node: KubeEdge's per-node "Ack" and "NoAck" queues.
 
-``NodeQueue`` keeps only the newest message per object UID (kubeedge.md §2.7), sends them one
-at a time (stop-and-wait: at most one un-ACKed message per node), resends until the edge
-answers with a ``response`` whose ``parent_msg_id`` is the sent ``msg_id``, and reports each
-ACK through ``on_acked`` so the caller can record it (ObjectSync). ``NoAckQueue`` sends once.
-Both are pure asyncio over a ``send(message)`` coroutine: no transport in here.
+``NodeQueue`` keeps only the newest message per object UID (kubeedge.md §2.7) and sends them
+in order with up to ``window`` un-ACKed at once, at most one per object, so the versions of
+one object reach the node in order while the link and the node's store are kept busy. Each
+is resent until the edge answers with a ``response`` whose ``parent_msg_id`` is its
+``msg_id``; each ACK is reported through ``on_acked`` so the caller can record it
+(ObjectSync). ``NoAckQueue`` sends once. Both are pure asyncio over a ``send(message)``
+coroutine: no transport in here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import inspect
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import DELETE, RESPONSE, Message
@@ -69,12 +72,22 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """A message sent and not yet ACKed."""
+
+    uid: str
+    message: Message
+    sends: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
 class NodeQueue:
     """The ACKed queue of one node, keyed by object UID (the newest message per object).
 
     ``acked_rv(uid)`` returns the resourceVersion the node last ACKed for an object (the
-    ObjectSync record) or None; ``on_acked(uid, message)`` is awaited after each ACK, before
-    the next message goes out. Feed the node's upstream ``response`` messages to ``ack``.
+    ObjectSync record) or None; ``on_acked(uid, message)`` is awaited after each ACK, one at a
+    time, in the order the ACKs came. Feed the node's upstream ``response`` messages to ``ack``.
     """
 
     def __init__(
@@ -84,16 +97,20 @@ class NodeQueue:
         acked_rv: AckedRV,
         on_acked: OnAcked,
         name: str = "",
+        window: int = 64,
         max_objects: int = 10_000,
         resend_interval: float = 5.0,
         max_resends: int = 4,
         retry_backoff: tuple[float, float] = (5.0, 300.0),
         remember: int = 4096,
     ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         self.name = name
         self._send = send
         self._acked_rv = acked_rv
         self._on_acked = on_acked
+        self._window = window
         self._max_objects = max_objects
         self._resend_interval = resend_interval
         self._max_resends = max_resends
@@ -104,19 +121,26 @@ class NodeQueue:
         self._deferred: dict[str, asyncio.TimerHandle] = {}  # uids waiting out a back-off
         self._failures: dict[str, int] = {}  # uid -> rounds of resends without an ACK
         self._recent: OrderedDict[str, int] = OrderedDict()  # uid -> RV acked lately
-        self._in_flight: Message | None = None
-        self._acked = asyncio.Event()
+        self._flights: dict[str, _Flight] = {}  # uid -> its message in flight
+        self._flight_ids: dict[str, _Flight] = {}  # msg_id -> flight
+        self._acks: deque[_Flight] = deque()  # ACKed, on_acked still to run
+        self._expired: deque[_Flight] = deque()  # resend interval over without an ACK
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        """Objects with a message not yet ACKed (the one in flight included)."""
+        """Objects with a message not yet ACKed (those in flight included)."""
         return len(self._pending)
 
+    def in_flight(self, uid: str) -> Message | None:
+        """The message sent for an object and not yet ACKed, if any."""
+        flight = self._flights.get(uid)
+        return None if flight is None else flight.message
+
     @property
-    def in_flight(self) -> Message | None:
-        """The message sent and not yet ACKed, if any (at most one: stop-and-wait)."""
-        return self._in_flight
+    def flying(self) -> int:
+        """How many messages are sent and not yet ACKed (at most ``window``)."""
+        return len(self._flights)
 
     def pending(self, uid: str) -> Message | None:
         """The newest message not yet ACKed for an object."""
@@ -135,6 +159,9 @@ class NodeQueue:
         for handle in self._deferred.values():
             handle.cancel()
         self._deferred.clear()
+        for flight in self._flights.values():
+            if flight.timer is not None:
+                flight.timer.cancel()
 
     async def __aenter__(self) -> NodeQueue:
         await self.start()
@@ -167,15 +194,24 @@ class NodeQueue:
         return self._put(uid, message)
 
     def ack(self, response: Message) -> bool:
-        """Take an upstream message; True if it acknowledges the message in flight."""
-        current = self._in_flight
-        if (
-            current is None
-            or response.operation != RESPONSE
-            or response.parent_msg_id != current.msg_id
-        ):
+        """Take an upstream message; True if it acknowledges a message in flight."""
+        if response.operation != RESPONSE:
             return False
-        self._acked.set()
+        flight = self._flight_ids.get(response.parent_msg_id)
+        if flight is None:
+            return False
+        self._land(flight)
+        uid, message = flight.uid, flight.message
+        self._failures.pop(uid, None)
+        self._remember_acked(
+            uid, _DELETED if is_delete(message) else resource_version(message) or 0
+        )
+        if self._pending.get(uid) is message:
+            del self._pending[uid]
+        elif uid in self._pending and uid not in self._deferred:
+            self._make_ready(uid)  # a newer message waited for this one
+        self._acks.append(flight)
+        self._wake.set()
         return True
 
     def retry_now(self) -> None:
@@ -204,7 +240,7 @@ class NodeQueue:
             self._pending[uid] = message
             # In flight: it goes out once the older one is ACKed or superseded at its resend
             # time. Backing off: it goes out when the back-off ends.
-            if uid not in self._deferred:
+            if uid not in self._deferred and uid not in self._flights:
                 self._make_ready(uid)
             return Verdict.REPLACED
         if len(self._pending) >= self._max_objects:
@@ -228,52 +264,76 @@ class NodeQueue:
 
     async def _run(self) -> None:
         while True:
-            while not self._ready:
-                self._wake.clear()
+            self._wake.clear()
+            worked = False
+            while self._acks:
+                worked = True
+                await self._acknowledged(self._acks.popleft())
+            while self._expired:
+                worked = True
+                await self._timed_out(self._expired.popleft())
+            while self._ready and len(self._flights) < self._window:
+                worked = True
+                uid = next(iter(self._ready))
+                del self._ready[uid]
+                message = self._pending.get(uid)
+                if message is not None and uid not in self._flights:
+                    await self._take_off(_Flight(uid, message))
+            if not worked:
                 await self._wake.wait()
-            uid = next(iter(self._ready))
-            del self._ready[uid]
-            message = self._pending.get(uid)
-            if message is not None:
-                await self._deliver(uid, message)
 
-    async def _deliver(self, uid: str, message: Message) -> None:
-        self._in_flight = message
-        self._acked.clear()
-        try:
-            for attempt in range(self._max_resends + 1):
-                try:
-                    await self._send(message)
-                except Exception as exc:  # not sent counts as not ACKed: the timer resends
-                    log.warning("node %s: sending %s failed: %r", self.name, message.resource, exc)
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
-                # lands as the ACK arrives, and close() would wait for this task forever.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._resend_interval):
-                        await self._acked.wait()
-                if self._acked.is_set():
-                    break
-                if self._pending.get(uid) is not message:
-                    return  # superseded: the newer message is already queued
-                if attempt < self._max_resends:
-                    log.debug("node %s: resending %s", self.name, message.resource)
-            else:
-                self._defer(uid)
-                return
-        finally:
-            self._in_flight = None
-        await self._acknowledged(uid, message)
+    async def _take_off(self, flight: _Flight) -> None:
+        # Registered before the send: the ACK may come in while the send is returning.
+        self._flights[flight.uid] = flight
+        self._flight_ids[flight.message.msg_id] = flight
+        await self._transmit(flight)
 
-    async def _acknowledged(self, uid: str, message: Message) -> None:
-        self._failures.pop(uid, None)
-        deleted = is_delete(message)
-        self._remember_acked(uid, _DELETED if deleted else resource_version(message) or 0)
-        if self._pending.get(uid) is message:
-            del self._pending[uid]
+    async def _transmit(self, flight: _Flight) -> None:
+        flight.sends += 1
         try:
-            await _maybe_await(self._on_acked(uid, message))
+            await self._send(flight.message)
+        except Exception as exc:  # not sent counts as not ACKed: the timer resends
+            log.warning("node %s: sending %s failed: %r", self.name, flight.message.resource, exc)
+        if self._flights.get(flight.uid) is flight:  # not ACKed during the send
+            loop = asyncio.get_running_loop()
+            flight.timer = loop.call_later(self._resend_interval, self._expire, flight)
+
+    def _expire(self, flight: _Flight) -> None:
+        flight.timer = None
+        if self._flights.get(flight.uid) is flight:
+            self._expired.append(flight)
+            self._wake.set()
+
+    def _land(self, flight: _Flight) -> None:
+        """The flight is over (ACKed, superseded or given up)."""
+        if flight.timer is not None:
+            flight.timer.cancel()
+            flight.timer = None
+        if self._flights.get(flight.uid) is flight:
+            del self._flights[flight.uid]
+        self._flight_ids.pop(flight.message.msg_id, None)
+        self._wake.set()  # a place in the window is free
+
+    async def _timed_out(self, flight: _Flight) -> None:
+        if self._flights.get(flight.uid) is not flight:
+            return  # ACKed after its timer fired
+        uid = flight.uid
+        if self._pending.get(uid) is not flight.message:
+            self._land(flight)  # superseded: the newer message goes out in its place
+            if uid in self._pending and uid not in self._deferred:
+                self._make_ready(uid)
+        elif flight.sends <= self._max_resends:
+            log.debug("node %s: resending %s", self.name, flight.message.resource)
+            await self._transmit(flight)
+        else:
+            self._land(flight)
+            self._defer(uid)
+
+    async def _acknowledged(self, flight: _Flight) -> None:
+        try:
+            await _maybe_await(self._on_acked(flight.uid, flight.message))
         except Exception:
-            log.exception("node %s: on_acked failed for %s", self.name, uid)
+            log.exception("node %s: on_acked failed for %s", self.name, flight.uid)
 
     def _defer(self, uid: str) -> None:
         """No ACK after all resends: try this object again later, the others meanwhile."""

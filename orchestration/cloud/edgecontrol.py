@@ -7,9 +7,9 @@ pull secrets) and nothing else; a ConfigMap or Secret that no pod on the node re
 longer is deleted there. Messages are KubeEdge's (``source: edgecontroller``, group
 ``resource``, ``<ns>/<type>/<name>``, the object as content, its resourceVersion in the header)
 and go through one ``NodeQueue`` per connected node, so each node gets the newest version of
-each object, one un-ACKed message at a time; ACKs become ObjectSync records, and the sync loop
-repairs whatever a lost message or a disconnect left behind (a node that connects gets a full
-resync at once).
+each object, with a window of un-ACKed messages (one per object); ACKs become ObjectSync
+records, and the sync loop repairs whatever a lost message or a disconnect left behind (a
+node that connects gets a full resync at once).
 
 Upstream (``handle``): ACKs; pod status (``podstatus``/``podpatch``), applied only to pods
 bound to the sending node; queries for ConfigMaps and Secrets, answered only when a pod of

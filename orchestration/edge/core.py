@@ -1,14 +1,16 @@
 """EdgeCore: one edge node's parts put together (kubeedge.md §1.2, §3).
 
 Downstream, the cloud's ``resource`` messages go to MetaManager, and its ACK goes back only
-after the write committed; each committed pod (bound to this node) is then handed to the
-process runtime, a deleted one killed, and a changed ConfigMap or Secret re-syncs the pods
-that use it. Upstream, pod statuses, node status and Lease renewals go through the durable
-``Outbox``, coalesced per object, so going offline (or restarting while offline) loses only
-superseded reports; each stays there until the cloud answers it (``response``, or ``error``
-when it refused it), and is sent again after a reconnect or ``ack_timeout`` without an answer.
-On start the pods in MetaManager are handed to the runtime, which adopts
-their still-running processes: the node keeps working with no cloud at all (edge autonomy).
+after the write committed (many written at once, answered in arrival order: ``Applier``);
+each committed pod (bound to this node) is then handed to the process runtime, a deleted one
+killed, and a changed ConfigMap or Secret re-syncs the pods that use it.
+
+Upstream, pod statuses, node status and Lease renewals go through the durable ``Outbox``,
+coalesced per object, so going offline (or restarting while offline) loses only superseded
+reports; each stays there until the cloud answers it (``response``, or ``error`` when it
+refused it), and is sent again after a reconnect or ``ack_timeout`` without an answer. On
+start the pods in MetaManager are handed to the runtime, which adopts their still-running
+processes: the node keeps working with no cloud at all (edge autonomy).
 
 Upstream message shapes (all ``group: resource``):
 
@@ -53,6 +55,7 @@ from ..protocol import (
     parse_resource,
 )
 from ..store import SQLiteStore
+from .applying import Applier
 from .hub import EdgeHub, NotConnected, events_url
 from .joining import CertificateRotator, NodeCredentials
 from .metamanager import MetaManager, load_or_create_key
@@ -125,6 +128,7 @@ class EdgeCore:
         )
         self.forwarder = CloudForwarder(self.hub, timeout=forward_timeout)
         self.pods = PodSyncer(self.meta, self.runtime, self.node_name)
+        self.applier = Applier(self._store, self._stored)
         self.podlogs = PodLogServer(self.runtime, self.hub.send)
         self.metaserver = MetaServer(
             self.meta,
@@ -163,6 +167,7 @@ class EdgeCore:
         self.runtime.on_status_change(self._pod_status_changed)
         await self.runtime.start()  # adopts the processes a previous EdgeCore left running
         await self.pods.restore()
+        await self.applier.start()
         await self.metaserver.start()
         self.hub.on_connection(self._connection_changed)
         await self.hub.start()
@@ -184,6 +189,7 @@ class EdgeCore:
         if self._rotator is not None:
             await self._rotator.stop()
         await self.hub.stop()
+        await self.applier.stop()
         self.forwarder.fail_all()
         await self.podlogs.stop()
         await self.metaserver.stop()
@@ -238,13 +244,21 @@ class EdgeCore:
         if message.group != GROUP_RESOURCE:
             log.debug("ignored %s message %s", message.group, message.resource)
             return
+        await self.applier.submit(message)
+
+    async def _store(self, message: Message) -> tuple[dict[str, Any] | None, Message | None]:
         before = await self.pods.before(message)
-        reply = await self.meta.handle(message)  # returns once the write has committed
+        return before, await self.meta.handle(message)  # returns once the write has committed
+
+    async def _stored(
+        self, message: Message, result: tuple[dict[str, Any] | None, Message | None]
+    ) -> None:
+        before, reply = result
         if reply is None:
             return
         with contextlib.suppress(NotConnected):
             await self.hub.send(reply)  # no ACK on a lost link: the cloud resends
-        if reply.operation != "error":
+        if reply.operation != ERROR:
             await self.pods.after(message, before)
 
     def _answered(self, reply: Message) -> bool:

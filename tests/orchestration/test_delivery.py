@@ -1,4 +1,5 @@
-"""The per-node reliable queue: newest RV wins, deletes stick, stop-and-wait, resends."""
+"""The per-node reliable queue: newest RV wins, deletes stick, a window of un-ACKed messages
+with one per object, resends."""
 
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ async def test_delete_is_never_overtaken() -> None:
     async with make_queue(edge, acks) as queue:
         assert await queue.enqueue(update("u1", 5)) is Verdict.QUEUED
         in_flight = await edge.next()
-        assert queue.in_flight is in_flight
+        assert queue.in_flight("u1") is in_flight
         assert await queue.enqueue(delete("u1")) is Verdict.REPLACED  # no RV needed
         assert await queue.enqueue(update("u1", 6)) is Verdict.STALE  # newer, yet deleted
         assert await queue.enqueue(update("u1", 99)) is Verdict.STALE
@@ -209,9 +210,9 @@ async def test_resend_until_acked() -> None:
     assert acks.acked == [("u1", first)] and len(queue) == 0
 
 
-async def test_stop_and_wait_one_unacked_message_at_a_time() -> None:
+async def test_window_of_one_is_stop_and_wait() -> None:
     edge, acks = Edge(), Acks()
-    async with make_queue(edge, acks, resend_interval=0.02, max_resends=50) as queue:
+    async with make_queue(edge, acks, window=1, resend_interval=0.02, max_resends=50) as queue:
         for uid in ("a", "b", "c"):
             assert await queue.enqueue(update(uid, 1)) is Verdict.QUEUED
         a = await edge.next()
@@ -228,9 +229,44 @@ async def test_stop_and_wait_one_unacked_message_at_a_time() -> None:
     assert [object_uid(m) for _, m in acks.acked] == ["a", "b", "c"]
 
 
+async def test_window_sends_ahead_but_one_message_per_object() -> None:
+    edge, acks = Edge(), Acks()
+    async with make_queue(edge, acks, window=3) as queue:
+        for uid in ("a", "b", "c", "d"):
+            assert await queue.enqueue(update(uid, 1)) is Verdict.QUEUED
+        first = [await edge.next() for _ in range(3)]
+        assert [object_uid(m) for m in first] == ["a", "b", "c"]
+        assert queue.flying == 3 and edge.arrivals.empty()  # d waits for a free place
+        assert await queue.enqueue(update("b", 2)) is Verdict.REPLACED
+        assert ack(queue, first[2])  # ACKs in any order; c's place goes to d
+        d = await edge.next()
+        assert object_uid(d) == "d"
+        assert not ack(queue, first[2])  # an ACK counts once
+        assert ack(queue, first[1])  # b at rv 1: now rv 2 may go, never both at once
+        b2 = await edge.next()
+        assert (object_uid(b2), b2.resource_version) == ("b", "2")
+        for message in (first[0], d, b2):
+            assert ack(queue, message)
+        await acks.until(5)
+        assert queue.flying == 0 and len(queue) == 0
+    # on_acked runs in the order the ACKs came.
+    assert [(u, m.resource_version) for u, m in acks.acked] == [
+        ("c", "1"),
+        ("b", "1"),
+        ("a", "1"),
+        ("d", "1"),
+        ("b", "2"),
+    ]
+    with pytest.raises(ValueError, match="window"):
+        make_queue(edge, acks, window=0)
+
+
 async def test_gives_up_after_resends_then_retries_later_while_others_go() -> None:
     edge, acks = Edge(), Acks()
-    queue = make_queue(edge, acks, resend_interval=0.01, max_resends=2, retry_backoff=(0.05, 1.0))
+    # A window of one: the object that gets no ACK gives its place up to the others.
+    queue = make_queue(
+        edge, acks, window=1, resend_interval=0.01, max_resends=2, retry_backoff=(0.05, 1.0)
+    )
     async with queue:
         await queue.enqueue(update("u1", 1))
         await queue.enqueue(update("u2", 1))
