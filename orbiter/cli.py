@@ -77,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
         help="port of the join endpoint that signs node certificates (default 10002; 0 picks one)",
     )
     cloud.add_argument(
+        "--node-cert-days",
+        metavar="DAYS",
+        type=float,
+        default=365.0,
+        help="lifetime of the node certificates the join endpoint signs (default 365); "
+        "nodes renew theirs at 70-90%% of it",
+    )
+    cloud.add_argument(
+        "--sync-period",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="how often each node's acknowledged objects are checked against the API "
+        "and what is missing or stale is resent (default 5)",
+    )
+    cloud.add_argument(
         "--encryption-key-file",
         metavar="FILE",
         type=Path,
@@ -258,6 +274,8 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         encryption_key_file=args.encryption_key_file,
         hub_port=args.hub_port,
         join_port=args.join_port,
+        node_cert_days=args.node_cert_days,
+        sync_period=args.sync_period,
     )
     await cloud.start()
     assert cloud.hub is not None and cloud.join is not None

@@ -121,7 +121,8 @@ class Cluster:
     Data lives in ``data_dir``: the cloud's in ``cloud/``, node ``edge-<i>``'s in
     ``edge-<i>/``. All ports are picked free (MetaServers too). The intervals default short,
     so status reaches the API within about a second. ``images`` maps image names to what the
-    nodes run (default: ``python`` is this interpreter).
+    nodes run (default: ``python`` is this interpreter). ``node_cert_days`` is the lifetime of
+    node certificates (a fraction of a day makes the nodes rotate theirs while a test runs).
 
     On exit every node is shut down with its pods (``grace`` seconds each; ``0`` kills at
     once), then the cloud stops: no process, thread or task is left behind, including pods
@@ -140,6 +141,7 @@ class Cluster:
         status_interval: float = 0.5,
         images: Mapping[str, ImageSpec] | None = None,
         grace: float | None = 0.0,
+        node_cert_days: float = 365.0,
     ) -> None:
         if edges < 0:
             raise ValueError(f"edges must be >= 0, not {edges}")
@@ -158,6 +160,7 @@ class Cluster:
             bookmark_interval=1.0,
             keepalive_timeout=keepalive_timeout,
             sync_period=sync_period,
+            node_cert_days=node_cert_days,
         )
         self._edges: list[EdgeCore] = []
         self._client: LocalClient | None = None

@@ -46,7 +46,10 @@ log = logging.getLogger(__name__)
 MAX_CSR_BYTES = 64 * 1024  # an unbounded read here was CVE-2022-31075 in KubeEdge
 DEFAULT_CERT_DAYS = 365.0
 ACCEPTED_CURVES = ("secp256r1", "secp384r1")
-_CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start a little in the past
+# Certificates start a little in the past for clocks running behind, by at most a tenth of
+# their lifetime: nodes renew at 70-90 % of notBefore..notAfter, which a full five minutes'
+# backdating would put in the past for a short-lived certificate.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 IsConnected = Callable[[str], bool]
 NodeExists = Callable[[str], Awaitable[bool]]
@@ -192,7 +195,9 @@ class JoinHandlers:
         self, node_name: str, public_key: ec.EllipticCurvePublicKey, now: float
     ) -> x509.Certificate:
         start = dt.datetime.fromtimestamp(now, dt.UTC)
-        end = min(start + dt.timedelta(days=self.cert_days), self.ca.cert.not_valid_after_utc)
+        lifetime = dt.timedelta(days=self.cert_days)
+        end = min(start + lifetime, self.ca.cert.not_valid_after_utc)
+        backdate = min(_CLOCK_SKEW, lifetime / 10)
         subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.COMMON_NAME, node_common_name(node_name)),
@@ -205,7 +210,7 @@ class JoinHandlers:
             .issuer_name(self.ca.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(start - _CLOCK_SKEW)
+            .not_valid_before(start - backdate)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_DIGITAL_SIGNATURE, critical=True)

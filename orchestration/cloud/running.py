@@ -17,7 +17,7 @@ from .controlling import ControllerManager
 from .edgecontrol import EdgeController
 from .forwarding import WriteForwarding
 from .hub import CloudHub, mtls_server_context
-from .joining import JoinServer
+from .joining import DEFAULT_CERT_DAYS, JoinServer
 from .nodereports import NodeReports
 from .objectsyncs import ensure_crds
 from .podlogs import PodLogStreams
@@ -40,6 +40,7 @@ class Cloud:
         encryption_key_file: str | os.PathLike[str] | None = None,
         keepalive_timeout: float = 30.0,
         sync_period: float = 5.0,
+        node_cert_days: float = DEFAULT_CERT_DAYS,
     ) -> None:
         self.server = APIServer(
             data_dir,
@@ -52,6 +53,7 @@ class Cloud:
         self._listen = listen
         self._hub_port, self._join_port = hub_port, join_port
         self._keepalive_timeout, self._sync_period = keepalive_timeout, sync_period
+        self._node_cert_days = node_cert_days
         self._client: LocalClient | None = None
         self._controllers: ControllerManager | None = None
         self.join: JoinServer | None = None
@@ -74,6 +76,7 @@ class Cloud:
                 port=self._join_port,
                 is_connected=self._is_connected,
                 node_exists=self._node_exists,
+                cert_days=self._node_cert_days,
             )
             await self.join.start()  # also writes the hub's serving certificate
             data = self.server.data_dir

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ..protocol import Message
 
@@ -57,8 +57,9 @@ class Applier(Generic[T]):
     async def stop(self) -> None:
         """Drop what is in progress: nothing unfinished was ACKed, so the cloud resends it."""
         runner, self._runner = self._runner, None
-        tasks = [runner] if runner is not None else []
-        tasks += [task for _, task in self._order]
+        tasks: list[asyncio.Task[Any]] = [task for _, task in self._order]
+        if runner is not None:
+            tasks.append(runner)
         self._order.clear()
         self._last.clear()
         self._slots = asyncio.Semaphore(self._limit)

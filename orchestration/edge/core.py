@@ -142,6 +142,7 @@ class EdgeCore:
         self._wake = asyncio.Event()
         self._registered = False
         self._started = False
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class EdgeCore:
         if self._started:
             return
         self._started = True
+        self._stopping = False
         try:
             await self._start()
         except BaseException:
@@ -207,6 +209,8 @@ class EdgeCore:
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop every pod, then EdgeCore."""
         if self._started:
+            self._stopping = True
+            await self.applier.stop()  # nothing from the cloud starts a pod from here on
             await self.pods.stop()
             await self.runtime.shutdown_all(grace)
         await self.stop()
@@ -244,6 +248,8 @@ class EdgeCore:
         if message.group != GROUP_RESOURCE:
             log.debug("ignored %s message %s", message.group, message.resource)
             return
+        if self._stopping:
+            return  # not ACKed: the cloud sends it again when the node is back
         await self.applier.submit(message)
 
     async def _store(self, message: Message) -> tuple[dict[str, Any] | None, Message | None]:

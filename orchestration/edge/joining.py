@@ -186,8 +186,11 @@ class CertificateRotator:
         cert = self._credentials.cert
         if self._jitter is None or self._jitter[0] != cert.serial_number:
             self._jitter = (cert.serial_number, 0.7 + 0.2 * self._rand())
-        start = cert.not_valid_before_utc.timestamp()
-        return start + (cert.not_valid_after_utc.timestamp() - start) * self._jitter[1]
+        return cert.not_valid_before_utc.timestamp() + self._lifetime() * self._jitter[1]
+
+    def _lifetime(self) -> float:
+        cert = self._credentials.cert
+        return cert.not_valid_after_utc.timestamp() - cert.not_valid_before_utc.timestamp()
 
     async def rotate(self) -> NodeCredentials:
         """One renewal attempt: a new key, a CSR sent over mTLS with the current cert."""
@@ -205,11 +208,17 @@ class CertificateRotator:
         return self._credentials
 
     async def run(self) -> None:
+        renewed: float | None = None
         while True:
             when = self.deadline()
+            if renewed is not None:
+                # A certificate renewed past its own deadline (a signer backdating it by more
+                # than its lifetime allows) must not make us renew in a tight loop.
+                when = max(when, renewed + self._lifetime() / 10)
             while (remaining := when - self._clock()) > 0:
                 await self._sleep(min(remaining, self._max_sleep))
             creds = await self._rotate_with_backoff()
+            renewed = self._clock()
             if self._on_rotated is not None:
                 try:
                     result = self._on_rotated(creds)

@@ -492,6 +492,51 @@ async def test_rotation_failures_back_off(
     assert NodeCredentials.load(tmp_path / "e").cert == creds.cert  # untouched
 
 
+async def test_a_node_clock_far_ahead_does_not_renew_in_a_loop(
+    server: JoinServer, cloud_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Every certificate looks past its renewal deadline to a node whose clock runs 400 days
+    ahead; it renews once, then waits a tenth of the lifetime before the next attempt."""
+    creds = await join(server.url, create_join_token(cloud_dir, 600), "edge-1", tmp_path / "e")
+    node_clock = FakeClock()
+    node_clock.now = clock.now + 400 * 86400
+    renewed: list[float] = []
+    slept: list[float] = []
+    done = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        if len(renewed) >= 2:
+            done.set()
+            await asyncio.Event().wait()  # parked until the rotator stops
+        slept.append(delay)
+        node_clock.now += delay
+
+    async def on_rotated(new: NodeCredentials) -> None:
+        renewed.append(node_clock.now)
+
+    rotator = CertificateRotator(
+        creds, server.url, on_rotated=on_rotated, clock=node_clock, sleep=sleep, max_sleep=math.inf
+    )
+    async with rotator:
+        await asyncio.wait_for(done.wait(), 30)
+    cert = rotator.credentials.cert
+    lifetime = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+    assert renewed[1] - renewed[0] == pytest.approx(lifetime / 10)
+    assert slept == [pytest.approx(lifetime / 10)]
+
+
+def test_short_lived_certificates_are_backdated_a_tenth_of_their_lifetime_at_most(
+    ca: CertificateAuthority,
+) -> None:
+    now = time.time()
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    short = JoinHandlers(ca, cert_days=60 / 86400).sign("edge-1", key, now)
+    assert now - short.not_valid_before_utc.timestamp() <= 6 + 1  # X.509 keeps whole seconds
+    assert short.not_valid_after_utc.timestamp() == pytest.approx(now + 60, abs=1)
+    long = JoinHandlers(ca).sign("edge-1", key, now)
+    assert now - long.not_valid_before_utc.timestamp() == pytest.approx(300, abs=1)
+
+
 def test_interrupted_install_is_completed_or_discarded(
     ca: CertificateAuthority, tmp_path: Path
 ) -> None:
