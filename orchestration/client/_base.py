@@ -38,6 +38,9 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 CRDS = Resource(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False
 )
+# KubeEdge's device API (CRDs the cloud installs at start).
+DEVICES = Resource("devices.kubeedge.io", "v1beta1", "devices", "Device")
+DEVICEMODELS = Resource("devices.kubeedge.io", "v1beta1", "devicemodels", "DeviceModel")
 
 
 class ClientError(Exception):

@@ -4,12 +4,13 @@ may send back.
 Downstream: every pod bound to a connected node goes to that node, with exactly the
 ConfigMaps and Secrets its pods reference (volumes, projected sources, env, envFrom, image
 pull secrets) and nothing else; a ConfigMap or Secret that no pod on the node references any
-longer is deleted there. Messages are KubeEdge's (``source: edgecontroller``, group
-``resource``, ``<ns>/<type>/<name>``, the object as content, its resourceVersion in the header)
-and go through one ``NodeQueue`` per connected node, so each node gets the newest version of
-each object, with a window of un-ACKed messages (one per object); ACKs become ObjectSync
-records, and the sync loop repairs whatever a lost message or a disconnect left behind (a
-node that connects gets a full resync at once).
+longer is deleted there. Devices (``devices.kubeedge.io``) are bound the same way by their
+``spec.nodeName`` and bring the DeviceModel they reference. Messages are KubeEdge's (``source:
+edgecontroller``, group ``resource``, ``<ns>/<type>/<name>``, the object as content, its
+resourceVersion in the header) and go through one ``NodeQueue`` per connected node, so each
+node gets the newest version of each object, with a window of un-ACKed messages (one per
+object); ACKs become ObjectSync records, and the sync loop repairs whatever a lost message or
+a disconnect left behind (a node that connects gets a full resync at once).
 
 Upstream (``handle``): ACKs; pod status (``podstatus``/``podpatch``), applied only to pods
 bound to the sending node; queries for ConfigMaps and Secrets, answered only when a pod of
@@ -29,7 +30,19 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..client import CONFIGMAPS, NODES, PODS, SECRETS, Client, ClientError, NotFoundError
+from ..apis import DEVICES as DEVICES_CRDS
+from ..apis import load_crds
+from ..client import (
+    CONFIGMAPS,
+    DEVICEMODELS,
+    DEVICES,
+    NODES,
+    PODS,
+    SECRETS,
+    Client,
+    ClientError,
+    NotFoundError,
+)
 from ..protocol import (
     DELETE,
     ERROR,
@@ -46,6 +59,7 @@ from ..protocol import (
 )
 from .controlling import Informers, being_deleted, meta
 from .delivery import NoAckQueue, NodeQueue, Verdict, is_delete, resource_version
+from .installing import install_crds
 from .objectsyncs import ObjectSyncs, SyncRecord, ensure_crds
 from .syncloop import SyncLoop
 
@@ -53,11 +67,19 @@ log = logging.getLogger(__name__)
 
 SOURCE = "edgecontroller"
 POD, CONFIGMAP, SECRET = "pod", "configmap", "secret"
-_RESOURCES = {POD: PODS, CONFIGMAP: CONFIGMAPS, SECRET: SECRETS}
-_TYPE_OF_KIND = {res.kind: t for t, res in _RESOURCES.items()}
+DEVICE, DEVICEMODEL = "device", "devicemodel"
+_RESOURCES = {
+    POD: PODS,
+    CONFIGMAP: CONFIGMAPS,
+    SECRET: SECRETS,
+    DEVICE: DEVICES,
+    DEVICEMODEL: DEVICEMODELS,
+}
+_TYPE_OF = {(res.api_version, res.kind): t for t, res in _RESOURCES.items()}
+_BOUND = (POD, DEVICE)  # bound to a node by spec.nodeName; the rest go where they are used
 
-Ref = tuple[str, str, str]  # (configmap|secret, namespace, name)
-PodKey = tuple[str, str]  # (namespace, name)
+Ref = tuple[str, str, str]  # (configmap|secret|devicemodel, namespace, name)
+BoundKey = tuple[str, str, str]  # (pod|device, namespace, name)
 NodeCallback = Callable[[str], Awaitable[None] | None]
 
 
@@ -105,6 +127,17 @@ def pod_references(pod: dict[str, Any]) -> frozenset[Ref]:
     return frozenset((kind, ns, name) for kind, name in found if isinstance(name, str) and name)
 
 
+def device_references(device: dict[str, Any]) -> frozenset[Ref]:
+    """The DeviceModel a Device needs on its node."""
+    name = ((device.get("spec") or {}).get("deviceModelRef") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        return frozenset()
+    return frozenset({(DEVICEMODEL, meta(device).get("namespace") or "", name)})
+
+
+_REFERENCES = {POD: pod_references, DEVICE: device_references}
+
+
 @dataclass(frozen=True, slots=True)
 class _Placement:
     node: str
@@ -150,12 +183,13 @@ class EdgeController:
         self.syncs = ObjectSyncs(client, self.informers, flush_delay=flush_delay)
         self.sync_loop = SyncLoop(self.syncs, self, period=sync_period)
         self.caches = {t: self.informers(res) for t, res in _RESOURCES.items()}
-        self.caches[POD].on_event(self._on_pod)
-        for kind in (CONFIGMAP, SECRET):
+        for kind in _BOUND:
+            self.caches[kind].on_event(functools.partial(self._on_bound, kind))
+        for kind in (CONFIGMAP, SECRET, DEVICEMODEL):
             self.caches[kind].on_event(functools.partial(self._on_config, kind))
         self.informers(NODES).on_event(self._on_node)
-        self._placed: dict[PodKey, _Placement] = {}  # bound pods and what they reference
-        self._node_pods: dict[str, set[PodKey]] = {}
+        self._placed: dict[BoundKey, _Placement] = {}  # bound objects and what they reference
+        self._node_bound: dict[str, set[BoundKey]] = {}
         self._node_refs: dict[str, dict[Ref, int]] = {}  # node -> ref -> pods using it
         self._ref_nodes: dict[Ref, set[str]] = {}
         self._links: dict[str, _Link] = {}
@@ -169,6 +203,7 @@ class EdgeController:
             return
         try:
             await ensure_crds(self.client)
+            await install_crds(self.client, load_crds(DEVICES_CRDS))
             await self.informers.start()  # starts those not yet started, waits for their lists
             if removed := self.syncs.collect_garbage():
                 log.info("removing %d ObjectSyncs of nodes that no longer exist", removed)
@@ -275,12 +310,16 @@ class EdgeController:
             if now is not None and not being_deleted(now) and self._wanted(node, kind, now):
                 await self._send(node, kind, now)
 
-    async def _on_pod(self, etype: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
-        m = meta(pod)
-        key: PodKey = (m.get("namespace") or "", str(m.get("name", "")))
-        node = str((pod.get("spec") or {}).get("nodeName") or "")
+    async def _on_bound(
+        self, kind: str, etype: str, obj: dict[str, Any], old: dict[str, Any] | None
+    ) -> None:
+        """A pod or a Device: it goes to the node its spec.nodeName names, after what it uses."""
+        m = meta(obj)
+        key: BoundKey = (kind, m.get("namespace") or "", str(m.get("name", "")))
+        node = str((obj.get("spec") or {}).get("nodeName") or "")
         before = self._placed.pop(key, None)
-        after = _Placement(node, pod_references(pod)) if node and etype != "DELETED" else None
+        refs = _REFERENCES[kind](obj)
+        after = _Placement(node, refs) if node and etype != "DELETED" else None
         # Count the new references before dropping the old: one kept never touches zero.
         gained = self._count(after, +1)
         lost = self._count(before, -1)
@@ -290,13 +329,13 @@ class EdgeController:
             self._placed[key] = after
             self._place(after.node, key, add=True)
         if before is not None and old is not None and meta(old).get("uid") != m.get("uid"):
-            await self._send(before.node, POD, old, delete=True)  # replaced while unwatched
+            await self._send(before.node, kind, old, delete=True)  # replaced while unwatched
         if after is not None:
-            for ref in gained:  # what the pod needs first, then the pod
+            for ref in gained:  # what it needs first, then the object
                 await self._send_ref(after.node, ref)
-            await self._send(after.node, POD, pod)
+            await self._send(after.node, kind, obj)
         elif before is not None:
-            await self._send(before.node, POD, pod, delete=True)
+            await self._send(before.node, kind, obj, delete=True)
         if before is not None:
             for ref in lost:
                 obj = self._cached(*ref)
@@ -329,14 +368,14 @@ class EdgeController:
             del self._node_refs[node]
         return crossed
 
-    def _place(self, node: str, key: PodKey, *, add: bool) -> None:
-        pods = self._node_pods.setdefault(node, set())
+    def _place(self, node: str, key: BoundKey, *, add: bool) -> None:
+        bound = self._node_bound.setdefault(node, set())
         if add:
-            pods.add(key)
+            bound.add(key)
         else:
-            pods.discard(key)
-            if not pods:
-                del self._node_pods[node]
+            bound.discard(key)
+            if not bound:
+                del self._node_bound[node]
 
     async def _send_ref(self, node: str, ref: Ref) -> None:
         obj = self._cached(*ref)
@@ -373,21 +412,22 @@ class EdgeController:
 
     def _wanted(self, node: str, kind: str, obj: dict[str, Any]) -> bool:
         m = meta(obj)
-        if kind == POD:
+        if kind in _BOUND:
             return bool((obj.get("spec") or {}).get("nodeName") == node)
         ref = (kind, m.get("namespace") or "", str(m.get("name", "")))
         return self._node_refs.get(node, {}).get(ref, 0) > 0
 
     def _desired(self, node: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """What the node should hold: referenced ConfigMaps and Secrets, then pods."""
+        """What the node should hold: what is referenced (ConfigMaps, Secrets, DeviceModels),
+        then pods and Devices."""
         for (kind, ns, name), count in list(self._node_refs.get(node, {}).items()):
             obj = self._cached(kind, ns, name) if count > 0 else None
             if obj is not None:
                 yield kind, obj
-        for ns, name in list(self._node_pods.get(node, ())):
-            pod = self._cached(POD, ns, name)
-            if pod is not None:
-                yield POD, pod
+        for kind, ns, name in list(self._node_bound.get(node, ())):
+            bound = self._cached(kind, ns, name)
+            if bound is not None:
+                yield kind, bound
 
     # SyncTarget, for the sync loop
 
@@ -395,10 +435,10 @@ class EdgeController:
         return list(self._links)
 
     def manages(self, record: SyncRecord) -> bool:
-        return record.api_version == "v1" and record.kind in _TYPE_OF_KIND
+        return (record.api_version, record.kind) in _TYPE_OF
 
     def current(self, node: str, record: SyncRecord) -> dict[str, Any] | None:
-        kind = _TYPE_OF_KIND[record.kind]
+        kind = _TYPE_OF[record.api_version, record.kind]
         obj = self._cached(kind, record.namespace, record.name)
         return obj if obj is not None and self._wanted(node, kind, obj) else None
 
@@ -406,7 +446,7 @@ class EdgeController:
         link = self._links.get(node)
         if link is None or link.queue.pending(record.uid) is not None:
             return  # on its way already
-        kind = _TYPE_OF_KIND[record.kind]
+        kind = _TYPE_OF[record.api_version, record.kind]
         await self._send(node, kind, obj or record.stub(), delete=obj is None)
 
     async def send_unsynced(self, node: str) -> None:

@@ -17,8 +17,9 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..client import CRDS, Client, ConflictError, Informer, NotFoundError, Resource
+from ..client import Client, ConflictError, Informer, NotFoundError, Resource
 from .controlling import Informers, meta
+from .installing import install_crds
 
 log = logging.getLogger(__name__)
 
@@ -98,43 +99,10 @@ RELIABLESYNCS_CRDS: tuple[dict[str, Any], ...] = (
 )
 
 
-def _contains(have: Any, want: Any) -> bool:
-    """Whether ``have`` holds everything ``want`` says (the server may add defaults)."""
-    if isinstance(want, dict):
-        return isinstance(have, dict) and all(_contains(have.get(k), v) for k, v in want.items())
-    if isinstance(want, list):
-        return (
-            isinstance(have, list)
-            and len(have) == len(want)
-            and all(_contains(h, w) for h, w in zip(have, want, strict=True))
-        )
-    return bool(have == want)
-
-
 async def ensure_crds(client: Client) -> None:
     """Create or update the ObjectSync CRDs; idempotent (call at cloud start, before the
     informers of ``OBJECTSYNCS``/``CLUSTEROBJECTSYNCS`` start)."""
-    for crd in RELIABLESYNCS_CRDS:
-        name = crd["metadata"]["name"]
-        for _ in range(5):  # another replica may be writing it too
-            try:
-                current = await client.get(CRDS, name)
-            except NotFoundError:
-                try:
-                    await client.create(CRDS, crd)
-                except ConflictError:
-                    continue
-                break
-            if _contains(current.get("spec"), crd["spec"]):
-                break
-            version = meta(current).get("resourceVersion")
-            body = {**crd, "metadata": {**crd["metadata"], "resourceVersion": version}}
-            try:
-                await client.replace(CRDS, body)
-            except ConflictError:
-                continue
-            log.info("updated CRD %s", name)
-            break
+    await install_crds(client, RELIABLESYNCS_CRDS)
 
 
 def parse_rv(value: Any) -> int:

@@ -14,6 +14,7 @@ from ..apiserver import APIServer
 from ..client import NODES, LocalClient, NotFoundError
 from ..protocol import ERROR, RESPONSE, Message
 from .controlling import ControllerManager
+from .devicestatus import DeviceReports
 from .edgecontrol import EdgeController
 from .forwarding import WriteForwarding
 from .hub import CloudHub, mtls_server_context
@@ -60,6 +61,7 @@ class Cloud:
         self.hub: CloudHub | None = None
         self.edge: EdgeController | None = None
         self._reports: NodeReports | None = None
+        self._devices: DeviceReports | None = None
         self._writes: WriteForwarding | None = None
         self.logs: PodLogStreams | None = None
 
@@ -88,6 +90,7 @@ class Cloud:
                 keepalive_timeout=self._keepalive_timeout,
             )
             self._reports = NodeReports(client)
+            self._devices = DeviceReports(client)
             self._writes = WriteForwarding(self.server.api)
             self.logs = PodLogStreams(self.hub)
             self.hub.on_disconnect(self.logs.node_gone)
@@ -142,12 +145,19 @@ class Cloud:
     async def _upstream(self, node: str, message: Message) -> None:
         """Log replies go to their streams (before the edge controller, which would take a
         response for an ACK); writes forwarded by the node's MetaServer to WriteForwarding;
-        node reports to NodeReports; the rest to the edge controller."""
+        device reports to DeviceReports; node reports to NodeReports; the rest to the edge
+        controller."""
         if self.logs is not None and self.logs.handle(node, message):
             return
         if message.operation not in (RESPONSE, ERROR) and WriteForwarding.handles(message):
             assert self._writes is not None and self.hub is not None
             answer = await self._writes.handle(node, message)
+            with contextlib.suppress(NodeNotConnected):
+                await self.hub.send(node, answer)
+            return
+        if message.operation not in (RESPONSE, ERROR) and DeviceReports.handles(message):
+            assert self._devices is not None and self.hub is not None
+            answer = await self._devices.handle(node, message)
             with contextlib.suppress(NodeNotConnected):
                 await self.hub.send(node, answer)
             return

@@ -16,6 +16,8 @@ import yaml
 from orbiter.orchestration.client import (
     CONFIGMAPS,
     CRDS,
+    DEVICEMODELS,
+    DEVICES,
     NODES,
     PODS,
     SECRETS,
@@ -133,7 +135,13 @@ class Harness:
 
     async def _get(self, path: str) -> Obj:
         ns, kind, name = path.split("/")
-        res = {"pod": PODS, "configmap": CONFIGMAPS, "secret": SECRETS}[kind]
+        res = {
+            "pod": PODS,
+            "configmap": CONFIGMAPS,
+            "secret": SECRETS,
+            "device": DEVICES,
+            "devicemodel": DEVICEMODELS,
+        }[kind]
         return await self.client.get(res, name, ns)
 
 
@@ -248,6 +256,52 @@ async def test_a_node_gets_its_pods_and_only_what_they_reference(cloud: Harness)
         for edge in (a, b):
             assert edge.store[f"{NS}/configmap/app-config"]["data"] == {"greeting": "hi"}
             assert edge.messages[-1].operation == "update"
+
+
+def device(name: str, node: str, model: str) -> Obj:
+    return {
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "Device",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "deviceModelRef": {"name": model},
+            "nodeName": node,
+            "protocol": {"protocolName": "modbus", "configData": {"ip": "127.0.0.1"}},
+            "properties": [{"name": "temperature", "desired": {"value": "20"}}],
+        },
+    }
+
+
+async def test_a_node_gets_its_devices_with_their_models_and_nothing_else(
+    cloud: Harness,
+) -> None:
+    client = cloud.client
+    a, b = cloud.node("a"), cloud.node("b")
+    model = {"metadata": {"name": "thermo", "namespace": NS}, "spec": {"protocol": "modbus"}}
+    await client.create(DEVICEMODELS, model, NS)
+    await client.create(DEVICEMODELS, {**model, "metadata": {"name": "unused"}}, NS)
+    async with a.connected(), b.connected():
+        await client.create(DEVICES, device("t1", "a", "thermo"), NS)
+        wanted = {f"{NS}/device/t1", f"{NS}/devicemodel/thermo"}
+        await cloud.synced(a, wanted)
+        await cloud.synced(b, set())
+        # The model went first, then the device (what it needs first, as for pods).
+        order = [m.resource for m in a.messages if m.operation == "insert"]
+        assert order == [f"{NS}/devicemodel/thermo", f"{NS}/device/t1"]
+
+        # A changed desired value reaches the node as an update of the Device.
+        desired = {"spec": {"properties": [{"name": "temperature", "desired": {"value": "25"}}]}}
+        await patch(client, DEVICES, "t1", desired, NS)
+        await cloud.synced(a, wanted)
+        props = a.store[f"{NS}/device/t1"]["spec"]["properties"]
+        assert props[0]["desired"]["value"] == "25"
+
+        # Moved to b: a loses the device and, with no user left, its model.
+        await patch(client, DEVICES, "t1", {"spec": {"nodeName": "b"}}, NS)
+        await cloud.synced(a, set())
+        await cloud.synced(b, wanted)
+        await client.delete(DEVICES, "t1", NS)
+        await cloud.synced(b, set())
 
 
 async def test_updates_under_slow_acks_arrive_in_order_and_end_on_the_last(
