@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench clean
+.PHONY: demo test check bench clean protos
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ check: $(STAMP) build/pkgview
 
 bench: $(STAMP)
 	$(BIN)/python bench/apiserver.py
+
+# Regenerates the DMI stubs from orchestration/apis/dmi/api.proto (they are committed).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I orchestration/apis --python_out=orchestration/apis \
+		--pyi_out=orchestration/apis --grpc_python_out=orchestration/apis \
+		orchestration/apis/dmi/api.proto
+	sed -i 's/^from dmi import api_pb2 as dmi_dot_api__pb2$$/from . import api_pb2 as dmi_dot_api__pb2/' \
+		orchestration/apis/dmi/api_pb2_grpc.py
 
 clean:
 	rm -rf build $(VENV)
