@@ -247,6 +247,11 @@ def _custom_columns(rt: ResourceType) -> list[Column]:
     return cols
 
 
+def _priority(column: dict[str, Any]) -> int:
+    value = column.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _column_getter(path: str, ctype: str) -> Callable[[dict[str, Any]], Any]:
     def get(obj: dict[str, Any]) -> Any:
         value = jsonpath_get(obj, path)
@@ -276,6 +281,12 @@ def to_table(
 ) -> dict[str, Any]:
     """``include`` is the request's includeObject: None, Metadata (kubectl's) or Object."""
     cols = columns_for(rt)
+    # A CRD's printer columns carry their own priority; the built-in pod columns IP and Node
+    # show only with -o wide, as kubectl's.
+    if rt.custom:
+        priority = {str(pc.get("name", "")): _priority(pc) for pc in rt.printer_columns}
+    else:
+        priority = {"IP": 1, "Node": 1}
     rows = []
     for obj in objs:
         row: dict[str, Any] = {"cells": [get(obj) for _, _, _, get in cols]}
@@ -298,7 +309,7 @@ def to_table(
                 "type": ctype,
                 "format": "name" if name == "Name" else "",
                 "description": desc,
-                "priority": 1 if name in ("IP", "Node") else 0,
+                "priority": priority.get(name, 0),
             }
             for name, ctype, desc, _ in cols
         ],
