@@ -146,7 +146,8 @@ def _merge_side(entry: dict[str, Any], field: str, side: Any, prop: str) -> bool
     value = side.get("value")
     if not isinstance(value, str) or len(value.encode()) >= _MAX_VALUE:
         raise _Refused(f"bad request: twin {prop!r}: value must be a string under 512 bytes")
-    metadata = side.get("metadata") if isinstance(side.get("metadata"), dict) else {}
+    raw = side.get("metadata")
+    metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
     stamp = _timestamp(metadata.get("timestamp"))
     current = entry.get(field) or {}
     if stamp and stamp < _timestamp((current.get("metadata") or {}).get("timestamp")):

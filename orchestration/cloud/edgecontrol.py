@@ -338,9 +338,9 @@ class EdgeController:
             await self._send(before.node, kind, obj, delete=True)
         if before is not None:
             for ref in lost:
-                obj = self._cached(*ref)
-                if obj is not None:
-                    await self._send(before.node, ref[0], obj, delete=True)
+                used = self._cached(*ref)
+                if used is not None:
+                    await self._send(before.node, ref[0], used, delete=True)
 
     def _count(self, placement: _Placement | None, delta: int) -> list[Ref]:
         """Count a pod's references on its node up or down; those that crossed zero."""
