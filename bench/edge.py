@@ -227,7 +227,7 @@ class Bench:
             [
                 *("edge", "join", "--cloud", f"127.0.0.1:{self.join_port}"),
                 *("--token", self.join_token, "--name", name, "--hub-port", self.hub_port),
-                *("--data-dir", str(self.tmp / name), "--metaserver-port", "0"),
+                *("--data-dir", str(self.tmp / name), "--metaserver-port", "0", "--mqtt-port", "0"),
             ],
         )
         self.procs.edges[name] = proc

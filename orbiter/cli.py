@@ -230,6 +230,21 @@ def _edge_parser(sub: Any) -> None:
             help="port of the local read-mostly API on 127.0.0.1 (default 10550, or what "
             "DIR/edge.json says)",
         )
+        action.add_argument(
+            "--mqtt-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="port of the node's embedded MQTT broker on 127.0.0.1, where apps and mappers "
+            "publish to $hw/events/... (default 1883, or what DIR/edge.json says; 0 picks "
+            "a free one)",
+        )
+        action.add_argument(
+            "--mqtt-broker",
+            default=None,
+            metavar="HOST:PORT",
+            help="use this MQTT broker (e.g. mosquitto) instead of the embedded one",
+        )
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -318,8 +333,9 @@ async def _run_edge(args: argparse.Namespace) -> int:
             print(f"orbiter edge join: {exc}", file=sys.stderr)
             return 1
         config = {"host": base.host, "join_port": base.port, "hub_port": args.hub_port}
-        if args.metaserver_port is not None:
-            config["metaserver_port"] = args.metaserver_port
+        for option in ("metaserver_port", "mqtt_port", "mqtt_broker"):
+            if getattr(args, option) is not None:
+                config[option] = getattr(args, option)
         config_path.write_text(json.dumps(config, indent=2) + "\n")
     try:
         config = json.loads(config_path.read_text())
@@ -341,10 +357,16 @@ async def _run_edge(args: argparse.Namespace) -> int:
             else int(config.get("metaserver_port", 10550))
         ),
         join_address=f"{host}:{config['join_port']}",
+        mqtt_port=(
+            args.mqtt_port if args.mqtt_port is not None else int(config.get("mqtt_port", 1883))
+        ),
+        mqtt_broker=args.mqtt_broker or config.get("mqtt_broker"),
     )
     await core.start()
     print(f"edge node {core.node_name}: cloud {core.cloud_url}", flush=True)
     print(f"MetaServer at {core.metaserver.url}", flush=True)
+    mqtt_host, mqtt_port = core.devices.mqtt_address
+    print(f"MQTT broker at {mqtt_host}:{mqtt_port}", flush=True)
     try:
         await _until_signalled()
     finally:
@@ -497,7 +519,7 @@ class _Up:
             else:
                 argv = ["edge", "join", "--cloud", f"127.0.0.1:{join_port.group(1)}"]
                 argv += ["--token", token, "--name", name, "--hub-port", hub_port]
-            argv += ["--data-dir", str(edge_dir), "--metaserver-port", "0"]
+            argv += ["--data-dir", str(edge_dir), "--metaserver-port", "0", "--mqtt-port", "0"]
             await self.spawn(name, argv)
         ready = await self.until_stopped(
             asyncio.wait_for(_nodes_ready(Path(info["kubeconfig"]), names), args.timeout)

@@ -123,6 +123,8 @@ class Cluster:
     so status reaches the API within about a second. ``images`` maps image names to what the
     nodes run (default: ``python`` is this interpreter). ``node_cert_days`` is the lifetime of
     node certificates (a fraction of a day makes the nodes rotate theirs while a test runs).
+    Each node runs its own MQTT broker on a free port, unless ``mqtt_broker`` (``HOST:PORT``)
+    names one they all use.
 
     On exit every node is shut down with its pods (``grace`` seconds each; ``0`` kills at
     once), then the cloud stops: no process, thread or task is left behind, including pods
@@ -142,6 +144,7 @@ class Cluster:
         images: Mapping[str, ImageSpec] | None = None,
         grace: float | None = 0.0,
         node_cert_days: float = 365.0,
+        mqtt_broker: str | None = None,
     ) -> None:
         if edges < 0:
             raise ValueError(f"edges must be >= 0, not {edges}")
@@ -151,6 +154,7 @@ class Cluster:
         self._heartbeat = heartbeat
         self._status_interval = status_interval
         self._grace = grace
+        self._mqtt_broker = mqtt_broker
         self._cloud = Cloud(
             self.data_dir / "cloud",
             store_url=store_url,
@@ -290,6 +294,8 @@ class Cluster:
             cloud_url=f"wss://127.0.0.1:{self._cloud.hub.port}",
             node_name=f"edge-{i}",
             metaserver_port=0,
+            mqtt_port=0,
+            mqtt_broker=self._mqtt_broker,
             heartbeat=self._heartbeat,
             status_interval=self._status_interval,
             images=self._images,

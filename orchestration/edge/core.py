@@ -52,10 +52,12 @@ from ..protocol import (
     RESPONSE,
     UPDATE,
     Message,
+    MessageError,
     parse_resource,
 )
 from ..store import SQLiteStore
 from .applying import Applier
+from .devices import DEFAULT_MQTT_PORT, Devices
 from .hub import EdgeHub, NotConnected, events_url
 from .joining import CertificateRotator, NodeCredentials
 from .metamanager import MetaManager, load_or_create_key
@@ -70,6 +72,7 @@ __all__ = ["EdgeCore"]
 log = logging.getLogger(__name__)
 
 SOURCE = "edged"
+DEVICE_KINDS = frozenset({"device", "devicemodel"})
 
 
 class EdgeCore:
@@ -96,6 +99,9 @@ class EdgeCore:
         join_address: str | None = None,
         forward_timeout: float = 30.0,
         ack_timeout: float = 10.0,
+        mqtt_port: int = DEFAULT_MQTT_PORT,
+        mqtt_broker: str | None = None,
+        dmi_socket: Path | str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.credentials = NodeCredentials.load(self.data_dir)
@@ -129,6 +135,14 @@ class EdgeCore:
         self.forwarder = CloudForwarder(self.hub, timeout=forward_timeout)
         self.pods = PodSyncer(self.meta, self.runtime, self.node_name)
         self.applier = Applier(self._store, self._stored)
+        self.devices = Devices(
+            self.store,
+            self.node_name,
+            upstream=self._enqueue,
+            dmi_socket=dmi_socket if dmi_socket is not None else self.data_dir / "dmi.sock",
+            mqtt_port=mqtt_port,
+            mqtt_broker=mqtt_broker,
+        )
         self.podlogs = PodLogServer(self.runtime, self.hub.send)
         self.metaserver = MetaServer(
             self.meta,
@@ -169,6 +183,7 @@ class EdgeCore:
         self.runtime.on_status_change(self._pod_status_changed)
         await self.runtime.start()  # adopts the processes a previous EdgeCore left running
         await self.pods.restore()
+        await self.devices.start()
         await self.applier.start()
         await self.metaserver.start()
         self.hub.on_connection(self._connection_changed)
@@ -200,6 +215,7 @@ class EdgeCore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.pods.stop()
+        await self.devices.stop()
         await self.runtime.close()
         await self.store.close()
         if self.outbox is not None:
@@ -264,8 +280,16 @@ class EdgeCore:
             return
         with contextlib.suppress(NotConnected):
             await self.hub.send(reply)  # no ACK on a lost link: the cloud resends
-        if reply.operation != ERROR:
-            await self.pods.after(message, before)
+        if reply.operation == ERROR:
+            return
+        await self.pods.after(message, before)
+        try:
+            namespace, kind, name = parse_resource(message.resource)
+        except MessageError:
+            return
+        if kind in DEVICE_KINDS and namespace is not None:
+            obj = await self.meta.get(namespace, kind, name)
+            await self.devices.changed(kind, namespace, name, obj)
 
     def _answered(self, reply: Message) -> bool:
         """Drop the outbox row a ``response`` or ``error`` answers (an error too: the cloud

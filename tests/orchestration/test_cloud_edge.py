@@ -54,6 +54,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Cloud, EdgeCore, LocalC
             tmp_path / "edge",
             cloud_url=f"wss://127.0.0.1:{cloud.hub.port}",
             metaserver_port=0,
+            mqtt_port=0,
             heartbeat=1.0,
             status_interval=0.5,
         )

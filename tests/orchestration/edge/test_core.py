@@ -134,6 +134,7 @@ async def make_core(tmp_path: Path, cloud: ScriptedCloud) -> AsyncIterator[Calla
         settings: dict[str, Any] = {
             "cloud_url": cloud.url(),
             "metaserver_port": 0,
+            "mqtt_port": 0,
             "heartbeat": 5.0,
             "status_interval": 0.3,
             "backoff": FAST,

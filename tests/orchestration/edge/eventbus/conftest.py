@@ -29,7 +29,10 @@ from orbiter.orchestration.edge.eventbus.packets import (
     encode,
 )
 
-MOSQUITTO = Path("/usr/sbin/mosquitto")
+from ....fixtures.mosquitto import free_port, running_mosquitto
+
+__all__ = ["free_port", "running_mosquitto"]
+
 TIMEOUT = 5.0  # for anything that should happen at once; only reached when a test fails
 
 P = TypeVar("P", bound=Packet)
@@ -58,44 +61,6 @@ class Endpoint:
     async def close_raws(self) -> None:
         for raw in self.raws:
             await raw.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def running_mosquitto(workdir: Path) -> AsyncIterator[int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
-    )
-    proc = await asyncio.create_subprocess_exec(
-        str(MOSQUITTO), "-c", str(conf),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    drain: asyncio.Task[bytes] | None = None
-    try:
-        seen = b""
-        async with asyncio.timeout(TIMEOUT):
-            while b" running" not in seen:  # "mosquitto version 2.0.11 running"
-                line = await proc.stderr.readline()
-                if not line:
-                    pytest.fail(f"mosquitto exited before it was ready:\n{seen.decode()}")
-                seen += line
-        # It logs every connection: keep reading so a full pipe never stalls it.
-        drain = asyncio.create_task(proc.stderr.read())
-        yield port
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
-        if drain is not None:
-            await drain
 
 
 @pytest_asyncio.fixture(params=["orbiter", "mosquitto"])

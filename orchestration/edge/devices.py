@@ -1,0 +1,199 @@
+"""EdgeCore's device side (kubeedge.md §5): the MQTT broker, EventBus, DeviceTwin and DMI.
+
+The broker is embedded unless ``mqtt_broker`` names an external one (mosquitto); EventBus
+connects to it and hands KubeEdge's device topics to DeviceTwin. Mappers register over DMI
+(a Unix socket in the data dir): they get the node's devices of their protocol, their reports
+take the same path as an MQTT ``twin/update``, and later Device changes reach them as
+RegisterDevice/UpdateDevice/RemoveDevice. Which mapper serves which protocol is kept in the
+node's store, so the clients come back after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..apis.dmi import MapperInfo
+from ..store import KeyExistsError, Store
+from .devicetwin import DeviceTwin, Upstream
+from .dmi import DeviceManagerServer, MapperCallError, MapperClients
+from .eventbus import Broker
+from .eventbus.bridging import EventBus, NotConnected
+
+__all__ = ["DEFAULT_MQTT_PORT", "Devices"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MQTT_PORT = 1883
+_MAPPERS = "devicemapper/"  # store key prefix: one row per protocol
+
+
+class Devices:
+    """``store``: the node's store (DeviceTwin's rows and mapper records live there too).
+    ``upstream``: the node's outbox. ``mqtt_port``: the embedded broker's port (0 picks a
+    free one); ``mqtt_broker``: ``HOST:PORT`` of an external broker instead."""
+
+    def __init__(
+        self,
+        store: Store,
+        node_name: str,
+        *,
+        upstream: Upstream,
+        dmi_socket: str | Path,
+        mqtt_port: int = DEFAULT_MQTT_PORT,
+        mqtt_broker: str | None = None,
+    ) -> None:
+        self.store = store
+        self.node_name = node_name
+        self.broker: Broker | None = None
+        if mqtt_broker is None:
+            self.broker = Broker("127.0.0.1", mqtt_port)
+            self._host, self._port = "127.0.0.1", mqtt_port
+        else:
+            host, _, port = mqtt_broker.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"--mqtt-broker {mqtt_broker!r} is not HOST:PORT")
+            self._host, self._port = host.strip("[]"), int(port)
+        self.twin = DeviceTwin(store, node_name, publish=self._publish, upstream=upstream)
+        self.eventbus: EventBus | None = None
+        self.mappers = MapperClients()
+        self.dmi = DeviceManagerServer(str(dmi_socket), self)
+        self._sent: set[tuple[str, str]] = set()  # devices handed to their mapper this run
+
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        """Where apps on the node reach the broker."""
+        port = self.broker.port if self.broker is not None else self._port
+        return self._host, port
+
+    async def start(self) -> None:
+        await self.twin.start()
+        if self.broker is not None:
+            await self.broker.start()
+        host, port = self.mqtt_address
+        self.eventbus = EventBus(host, port, node_name=self.node_name, on_device=self._on_mqtt)
+        await self.eventbus.start()
+        for kv in (await self.store.list(_MAPPERS)).kvs:
+            try:
+                await self.mappers.add(MapperInfo.from_json(orjson.loads(kv.value)))
+            except ValueError as exc:
+                log.warning("dropped the unreadable mapper record %s: %s", kv.key, exc)
+        await self.dmi.start()
+
+    async def stop(self) -> None:
+        await self.dmi.stop()
+        await self.mappers.close()
+        if self.eventbus is not None:
+            await self.eventbus.stop()
+            self.eventbus = None
+        if self.broker is not None:
+            await self.broker.stop()
+        await self.twin.stop()
+
+    # -- from the cloud, after MetaManager committed -------------------------------------
+
+    async def changed(
+        self, kind: str, namespace: str, name: str, obj: dict[str, Any] | None
+    ) -> None:
+        """A Device or DeviceModel the cloud sent (``obj``) or deleted (None)."""
+        if kind == "devicemodel":
+            if obj is None:
+                await self.twin.model_removed(namespace, name)
+            else:
+                await self.twin.model_changed(obj)
+            return
+        if obj is None or (obj.get("spec") or {}).get("nodeName") not in (None, self.node_name):
+            await self.twin.device_removed(namespace, name)
+            if (namespace, name) in self._sent:
+                self._sent.discard((namespace, name))
+                await self._tell_mapper("RemoveDevice", self.mappers.remove_device(namespace, name))
+            return
+        await self.twin.device_changed(obj)
+        model = self._model_of(obj)
+        protocol = ((obj.get("spec") or {}).get("protocol") or {}).get("protocolName")
+        if model is None or protocol not in self.mappers.mappers:
+            return  # the mapper gets it when it registers
+        key = (namespace, name)
+        if key in self._sent:
+            await self._tell_mapper("UpdateDevice", self.mappers.update_device(obj, model))
+        else:
+            self._sent.add(key)
+            await self._tell_mapper("RegisterDevice", self.mappers.register_device(obj, model))
+
+    async def _tell_mapper(self, what: str, call: Any) -> None:
+        try:
+            await call
+        except (MapperCallError, LookupError, ValueError) as exc:
+            # The mapper is down or refuses: it gets the node's devices when it registers again.
+            log.warning("DMI %s: %s", what, exc)
+
+    def _model_of(self, device: dict[str, Any]) -> dict[str, Any] | None:
+        ref = ((device.get("spec") or {}).get("deviceModelRef") or {}).get("name")
+        namespace = (device.get("metadata") or {}).get("namespace")
+        for model in self.twin.models():
+            meta = model.get("metadata") or {}
+            if meta.get("name") == ref and meta.get("namespace") == namespace:
+                return model
+        return None
+
+    # -- DMI: DeviceManagerHandler --------------------------------------------------------
+
+    async def mapper_registered(
+        self, mapper: MapperInfo
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        key = f"{_MAPPERS}{mapper.protocol}"
+        value = orjson.dumps(mapper.to_json())
+        current = await self.store.get(key)
+        if current is None:
+            with contextlib.suppress(KeyExistsError):  # registered twice at once: either will do
+                await self.store.create(key, value)
+        elif current.value != value:
+            await self.store.update(key, value, current.mod_revision)
+        await self.mappers.add(mapper)
+        devices = [
+            d
+            for d in self.twin.devices()
+            if ((d.get("spec") or {}).get("protocol") or {}).get("protocolName") == mapper.protocol
+        ]
+        models = [m for d in devices if (m := self._model_of(d)) is not None]
+        unique = list({id(m): m for m in models}.values())
+        for device in devices:
+            meta = device.get("metadata") or {}
+            self._sent.add((str(meta.get("namespace")), str(meta.get("name"))))
+        log.info(
+            "mapper %s (%s) registered: %d devices", mapper.name, mapper.protocol, len(devices)
+        )
+        return unique, devices
+
+    async def device_status_reported(
+        self, namespace: str, name: str, twins: list[dict[str, Any]]
+    ) -> None:
+        self._known(namespace, name)
+        await self.twin.report_twins(namespace, name, twins)
+
+    async def device_state_reported(self, namespace: str, name: str, state: str) -> None:
+        self._known(namespace, name)
+        await self.twin.report_state(namespace, name, state)
+
+    def _known(self, namespace: str, name: str) -> None:
+        if self.twin.twin_document(namespace, name) is None:
+            raise KeyError(f"device {namespace}/{name} is not on node {self.node_name}")
+
+    # -- MQTT ----------------------------------------------------------------------------
+
+    async def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        await self.twin.handle_mqtt(topic, payload)
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        try:
+            if self.broker is not None:  # in-process: no round trip, no reconnect window
+                await self.broker.publish(topic, payload, qos=1)
+            elif self.eventbus is not None:
+                await self.eventbus.publish(topic, payload)
+        except NotConnected as exc:
+            # Results and deltas are for listeners present now; the twins themselves are kept.
+            log.warning("not published: %s", exc)
