@@ -285,6 +285,16 @@ async def test_resource_requests(client: Client, scheduler: Scheduler) -> None:
 async def test_pods_spread_evenly_over_equal_nodes(client: Client, scheduler: Scheduler) -> None:
     for name in ("a", "b", "c"):
         await add_node(client, name)
+
+    async def all_nodes_seen() -> None:  # else a loaded machine spreads over the nodes it has
+        assert {n["metadata"]["name"] for n in scheduler.nodes.items() if n.get("status")} == {
+            "a",
+            "b",
+            "c",
+        }
+        assert all(n["status"].get("allocatable") for n in scheduler.nodes.items())
+
+    await eventually(all_nodes_seen)
     names = [f"p{i}" for i in range(6)]
     await asyncio.gather(*(client.create(PODS, pod_object(n, cpu="100m")) for n in names))
     placed = [await node_of(client, n) for n in names]
