@@ -84,6 +84,8 @@ class Server:
                 "0",
                 "--join-port",
                 "0",
+                "--router-port",
+                "0",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

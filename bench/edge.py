@@ -53,7 +53,7 @@ SLEEP = "import time; time.sleep(3600)"
 NS = "default"
 START_TIMEOUT = 60.0
 WINDOW = 64  # NodeQueue's default window of un-ACKed messages
-FREE_PORTS = ("--api-port", "0", "--hub-port", "0", "--join-port", "0")
+FREE_PORTS = ("--api-port", "0", "--hub-port", "0", "--join-port", "0", "--router-port", "0")
 
 
 def pct(samples: list[float], q: float) -> float:

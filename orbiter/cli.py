@@ -77,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         help="port of the join endpoint that signs node certificates (default 10002; 0 picks one)",
     )
     cloud.add_argument(
+        "--router-port",
+        metavar="PORT",
+        type=int,
+        default=9443,
+        help="HTTP port of the router, where KubeEdge Rules take REST requests for edge "
+        "nodes' MQTT topics: POST /NODE/NAMESPACE/PATH (default 9443; 0 picks one)",
+    )
+    cloud.add_argument(
         "--node-cert-days",
         metavar="DAYS",
         type=float,
@@ -291,11 +299,14 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         join_port=args.join_port,
         node_cert_days=args.node_cert_days,
         sync_period=args.sync_period,
+        router_port=args.router_port,
     )
     await cloud.start()
     assert cloud.hub is not None and cloud.join is not None
     print(f"Orbiter API server at {cloud.server.url}", flush=True)
     print(f"edge nodes: join at {cloud.join.url}, CloudHub on port {cloud.hub.port}", flush=True)
+    if cloud.router is not None:
+        print(f"router (KubeEdge Rules) at {cloud.router.url}", flush=True)
     print(f"kubeconfig: {cloud.server.kubeconfig_path}", flush=True)
     print(f"  export KUBECONFIG={cloud.server.kubeconfig_path}", flush=True)
     try:
@@ -488,6 +499,8 @@ class _Up:
                 str(args.hub_port),
                 "--join-port",
                 str(args.join_port),
+                "--router-port",
+                "0",
             ],
         )
         started = await self.until_stopped(

@@ -63,6 +63,8 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
             "0",
             "--join-port",
             "0",
+            "--router-port",
+            "0",
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

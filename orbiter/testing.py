@@ -6,8 +6,8 @@
     with CloudThread(tmp_path) as cloud:
         subprocess.run(["kubectl", "--kubeconfig", cloud.kubeconfig, "get", "ns"], check=True)
 
-In async tests, ``async with Cloud(tmp_path, port=0, hub_port=0, join_port=0) as cloud``
-needs no thread.
+In async tests, ``async with Cloud(tmp_path, port=0, hub_port=0, join_port=0,
+router_port=0) as cloud`` needs no thread.
 
 ``Cluster`` adds edge nodes: a cloud and N real ``EdgeCore`` nodes (``edge-0``, ``edge-1``,
 …) in this process, each joined with a real token over the real join endpoint. Their pods
@@ -65,6 +65,7 @@ class CloudThread:
             port=0,
             hub_port=0,
             join_port=0,
+            router_port=0,
             bookmark_interval=bookmark_interval,
         )
         self._timeout = start_timeout
@@ -165,6 +166,7 @@ class Cluster:
             keepalive_timeout=keepalive_timeout,
             sync_period=sync_period,
             node_cert_days=node_cert_days,
+            router_port=0,
         )
         self._edges: list[EdgeCore] = []
         self._client: LocalClient | None = None

@@ -41,6 +41,9 @@ CRDS = Resource(
 # KubeEdge's device API (CRDs the cloud installs at start).
 DEVICES = Resource("devices.kubeedge.io", "v1beta1", "devices", "Device")
 DEVICEMODELS = Resource("devices.kubeedge.io", "v1beta1", "devicemodels", "DeviceModel")
+# KubeEdge's router rules.
+RULES = Resource("rules.kubeedge.io", "v1", "rules", "Rule")
+RULEENDPOINTS = Resource("rules.kubeedge.io", "v1", "ruleendpoints", "RuleEndpoint")
 
 
 class ClientError(Exception):

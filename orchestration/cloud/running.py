@@ -1,7 +1,8 @@
 """``Cloud``: everything ``orbiter cloud`` runs, started and stopped as one.
 
 The API server and its controllers; the join endpoint that signs node certificates; CloudHub,
-holding one mTLS WebSocket per edge node; and the edge controller that syncs each node.
+holding one mTLS WebSocket per edge node; the edge controller that syncs each node; and the
+router that carries KubeEdge's Rules between REST and the nodes' MQTT buses.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import contextlib
 import logging
 import os
 
+from ..apis import RULES as RULES_CRDS
+from ..apis import load_crds
 from ..apiserver import APIServer
 from ..client import NODES, LocalClient, NotFoundError
-from ..protocol import ERROR, RESPONSE, Message
-from .controlling import ControllerManager
+from ..protocol import ERROR, GROUP_USER, RESPONSE, Message
+from .controlling import ControllerManager, Informers
 from .devicestatus import DeviceReports
 from .edgecontrol import EdgeController
 from .forwarding import WriteForwarding
 from .hub import CloudHub, mtls_server_context
+from .installing import install_crds
 from .joining import DEFAULT_CERT_DAYS, JoinServer
 from .nodereports import NodeReports
 from .objectsyncs import ensure_crds
 from .podlogs import PodLogStreams
+from .router import DEFAULT_PORT as ROUTER_PORT
+from .router import Router
 from .sessions import NodeNotConnected
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ class Cloud:
         keepalive_timeout: float = 30.0,
         sync_period: float = 5.0,
         node_cert_days: float = DEFAULT_CERT_DAYS,
+        router_port: int = ROUTER_PORT,
     ) -> None:
         self.server = APIServer(
             data_dir,
@@ -55,6 +62,9 @@ class Cloud:
         self._hub_port, self._join_port = hub_port, join_port
         self._keepalive_timeout, self._sync_period = keepalive_timeout, sync_period
         self._node_cert_days = node_cert_days
+        self._router_port = router_port
+        self.router: Router | None = None
+        self._router_informers: Informers | None = None
         self._client: LocalClient | None = None
         self._controllers: ControllerManager | None = None
         self.join: JoinServer | None = None
@@ -97,6 +107,13 @@ class Cloud:
             self.server.api.pod_logs = self.logs.open
             self.edge = EdgeController(client, self.hub, sync_period=self._sync_period)
             await self.edge.start()
+            await install_crds(client, load_crds(RULES_CRDS))
+            self._router_informers = Informers(client)
+            self.router = Router(
+                client, self.hub, self._router_informers, host=self._listen, port=self._router_port
+            )
+            await self._router_informers.start()
+            await self.router.start()
             await self.hub.start()
         except BaseException:
             await self.stop()
@@ -110,6 +127,12 @@ class Cloud:
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
+        if self.router is not None:
+            await self.router.stop()
+            self.router = None
+        if self._router_informers is not None:
+            await self._router_informers.stop()
+            self._router_informers = None
         if self.edge is not None:
             await self.edge.stop()
             self.edge = None
@@ -154,6 +177,13 @@ class Cloud:
             answer = await self._writes.handle(node, message)
             with contextlib.suppress(NodeNotConnected):
                 await self.hub.send(node, answer)
+            return
+        if message.group == GROUP_USER and message.operation not in (RESPONSE, ERROR):
+            assert self.router is not None and self.hub is not None
+            reply = await self.router.handle(node, message)
+            if reply is not None:
+                with contextlib.suppress(NodeNotConnected):
+                    await self.hub.send(node, reply)
             return
         if message.operation not in (RESPONSE, ERROR) and DeviceReports.handles(message):
             assert self._devices is not None and self.hub is not None

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 from ..protocol import (
     ERROR,
     GROUP_RESOURCE,
+    GROUP_USER,
     INSERT,
     PATCH,
     RESPONSE,
@@ -261,12 +262,29 @@ class EdgeCore:
             return  # the cloud's answer to a forwarded MetaServer write
         if self.podlogs.handle(message):
             return  # a kubectl logs stream (its own task)
+        if message.group == GROUP_USER:
+            await self._routed(message)
+            return
         if message.group != GROUP_RESOURCE:
             log.debug("ignored %s message %s", message.group, message.resource)
             return
         if self._stopping:
             return  # not ACKed: the cloud sends it again when the node is back
         await self.applier.submit(message)
+
+    async def _routed(self, message: Message) -> None:
+        """The cloud router: ``publish`` on ``node/<node>/<topic>``, ``subscribe`` with the
+        node's list of topics to send up."""
+        prefix = f"node/{self.node_name}/"
+        if not message.resource.startswith(prefix):
+            log.warning("ignored a router message for %s", message.resource[:256])
+            return
+        if message.operation == "publish" and isinstance(message.content, str):
+            await self.devices.publish(message.resource[len(prefix) :], message.content)
+        elif message.operation == "subscribe" and isinstance(message.content, list):
+            await self.devices.forward(message.content)
+        else:
+            log.warning("ignored router message %s %s", message.operation, message.resource)
 
     async def _store(self, message: Message) -> tuple[dict[str, Any] | None, Message | None]:
         before = await self.pods.before(message)

@@ -6,6 +6,10 @@ connects to it and hands KubeEdge's device topics to DeviceTwin. Mappers registe
 take the same path as an MQTT ``twin/update``, and later Device changes reach them as
 RegisterDevice/UpdateDevice/RemoveDevice. Which mapper serves which protocol is kept in the
 node's store, so the clients come back after a restart.
+
+The cloud router's messages land here too: ``publish`` puts a REST request's body on a topic
+of this node's broker, and ``forward`` sets the topics whose messages go up to the router
+(kept in the store, so a node restarted while cut off still forwards them).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from typing import Any
 import orjson
 
 from ..apis.dmi import MapperInfo
+from ..protocol import GROUP_USER, UPLOAD, Message
 from ..store import KeyExistsError, Store
 from .devicetwin import DeviceTwin, Upstream
 from .dmi import DeviceManagerServer, MapperCallError, MapperClients
 from .eventbus import Broker
 from .eventbus.bridging import EventBus, NotConnected
+from .eventbus.packets import validate_topic_filter
 
 __all__ = ["DEFAULT_MQTT_PORT", "Devices"]
 
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MQTT_PORT = 1883
 _MAPPERS = "devicemapper/"  # store key prefix: one row per protocol
+_FORWARDED = "eventbus/forwarded"  # the router's topics, as a JSON list
+_MAX_FORWARDED = 1000
 
 
 class Devices:
@@ -63,6 +71,7 @@ class Devices:
         self.mappers = MapperClients()
         self.dmi = DeviceManagerServer(str(dmi_socket), self)
         self._sent: set[tuple[str, str]] = set()  # devices handed to their mapper this run
+        self._upstream = upstream
 
     @property
     def mqtt_address(self) -> tuple[str, int]:
@@ -75,7 +84,12 @@ class Devices:
         if self.broker is not None:
             await self.broker.start()
         host, port = self.mqtt_address
-        self.eventbus = EventBus(host, port, node_name=self.node_name, on_device=self._on_mqtt)
+        self.eventbus = EventBus(
+            host, port, node_name=self.node_name, on_device=self._on_mqtt, on_upload=self._upload
+        )
+        stored = await self.store.get(_FORWARDED)
+        if stored is not None:
+            await self.eventbus.forward(frozenset(orjson.loads(stored.value)))
         await self.eventbus.start()
         for kv in (await self.store.list(_MAPPERS)).kvs:
             try:
@@ -183,6 +197,37 @@ class Devices:
         if self.twin.twin_document(namespace, name) is None:
             raise KeyError(f"device {namespace}/{name} is not on node {self.node_name}")
 
+    # -- the cloud router ----------------------------------------------------------------
+
+    async def publish(self, topic: str, text: str) -> None:
+        """A REST request's body, routed here by a Rule: published on this node's broker."""
+        try:
+            await self._publish_checked(topic, text.encode())
+        except (ValueError, NotConnected) as exc:
+            log.warning("router message for %r not published: %s", topic[:256], exc)
+
+    async def forward(self, topics: list[Any]) -> None:
+        """The router's whole list of topics to send up from this node."""
+        wanted = [t for t in topics if isinstance(t, str) and _valid_filter(t)]
+        if len(wanted) != len(topics) or len(wanted) > _MAX_FORWARDED:
+            log.warning("ignored %d unusable router topics", len(topics) - len(wanted))
+        chosen = frozenset(wanted[:_MAX_FORWARDED])
+        value = orjson.dumps(sorted(chosen))
+        current = await self.store.get(_FORWARDED)
+        if current is None:
+            with contextlib.suppress(KeyExistsError):
+                await self.store.create(_FORWARDED, value)
+        elif current.value != value:
+            await self.store.update(_FORWARDED, value, current.mod_revision)
+        if self.eventbus is not None:
+            await self.eventbus.forward(chosen)
+
+    async def _upload(self, topic: str, payload: bytes) -> None:
+        # Durable and answered, like every report: one outbox row per message, none coalesced.
+        text = payload.decode(errors="replace")
+        message = Message("eventbus", GROUP_USER, UPLOAD, topic, text)
+        self._upstream(f"upload/{message.msg_id}", message)
+
     # -- MQTT ----------------------------------------------------------------------------
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
@@ -190,10 +235,21 @@ class Devices:
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         try:
-            if self.broker is not None:  # in-process: no round trip, no reconnect window
-                await self.broker.publish(topic, payload, qos=1)
-            elif self.eventbus is not None:
-                await self.eventbus.publish(topic, payload)
+            await self._publish_checked(topic, payload)
         except NotConnected as exc:
             # Results and deltas are for listeners present now; the twins themselves are kept.
             log.warning("not published: %s", exc)
+
+    async def _publish_checked(self, topic: str, payload: bytes) -> None:
+        if self.broker is not None:  # in-process: no round trip, no reconnect window
+            await self.broker.publish(topic, payload, qos=1)
+        elif self.eventbus is not None:
+            await self.eventbus.publish(topic, payload)
+
+
+def _valid_filter(topic: str) -> bool:
+    try:
+        validate_topic_filter(topic)
+    except ValueError:
+        return False
+    return True

@@ -422,7 +422,8 @@ class CloudProcess:
             # Popen returns at once (no pipes to fill): nothing blocks the loop.
             self.proc = subprocess.Popen(  # noqa: ASYNC220
                 [sys.executable, "-m", "orbiter.cli", "cloud", "--data-dir", str(self.data_dir),
-                 "--api-port", str(api), "--hub-port", str(hub), "--join-port", str(join_port)],
+                 "--api-port", str(api), "--hub-port", str(hub), "--join-port", str(join_port),
+                 "--router-port", "0"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         proc = self.proc

@@ -43,7 +43,9 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Cloud, EdgeCore, LocalClient]]:
-    cloud = Cloud(tmp_path / "cloud", port=0, hub_port=0, join_port=0, sync_period=0.5)
+    cloud = Cloud(
+        tmp_path / "cloud", port=0, hub_port=0, join_port=0, router_port=0, sync_period=0.5
+    )
     await cloud.start()
     edge: EdgeCore | None = None
     try:
@@ -146,7 +148,7 @@ async def test_a_deployment_runs_on_a_joined_edge_node(
 
 
 async def test_a_node_may_only_report_for_itself(tmp_path: Path) -> None:
-    async with Cloud(tmp_path, port=0, hub_port=0, join_port=0) as cloud:
+    async with Cloud(tmp_path, port=0, hub_port=0, join_port=0, router_port=0) as cloud:
         reports = NodeReports(LocalClient(cloud.server.api))
         status = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
         other = Message("edged", "resource", "patch", "null/nodestatus/edge-2", status)

@@ -2,7 +2,9 @@
 
 It subscribes to KubeEdge's device and node topics (QoS 1) on the broker, the embedded one or an
 external mosquitto, hands every message on them to ``on_device(topic, payload)`` and publishes
-what EdgeCore asks (twin results, deltas, documents, membership). A lost broker is reconnected
+what EdgeCore asks (twin results, deltas, documents, membership). The topics the cloud's
+router Rules name (``forward``) are subscribed too, and what arrives on them goes to
+``on_upload(topic, payload)``. A lost broker is reconnected
 with back-off; what DeviceTwin holds is durable, so a publication that finds no broker is
 dropped with a log line, never queued without bound.
 """
@@ -18,6 +20,8 @@ from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
+from .matching import topic_matches
+
 __all__ = ["DEVICE_TOPICS", "EventBus", "NotConnected"]
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ DEVICE_TOPICS = (
 )
 
 _MAX_QUEUED = 10_000
+_TWIN_PREFIXES = ("$hw/events/device/", "$hw/events/node/")
 
 OnMessage = Callable[[str, bytes], Awaitable[None]]
 
@@ -50,6 +55,7 @@ class EventBus:
         *,
         node_name: str,
         on_device: OnMessage,
+        on_upload: OnMessage | None = None,
         reconnect_backoff: tuple[float, float] = (0.2, 10.0),
         keepalive: int = 30,
     ) -> None:
@@ -57,6 +63,8 @@ class EventBus:
         self.port = port
         self.node_name = node_name
         self._on_device = on_device
+        self._on_upload = on_upload
+        self._forwarded: frozenset[str] = frozenset()
         self._backoff = reconnect_backoff
         self._keepalive = keepalive
         # One id per EdgeCore run: a second node on the same broker must not take it over.
@@ -90,6 +98,25 @@ class EventBus:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    @property
+    def forwarded(self) -> frozenset[str]:
+        """The router's topics this bus subscribes to for ``on_upload``."""
+        return self._forwarded
+
+    async def forward(self, topics: frozenset[str]) -> None:
+        """Subscribe to exactly ``topics`` (besides the device topics) for ``on_upload``."""
+        old, self._forwarded = self._forwarded, topics
+        client = self._client
+        if client is None:
+            return  # subscribed on the next connect
+        try:
+            for topic in sorted(topics - old):
+                await client.subscribe(topic, qos=1)
+            for topic in sorted(old - topics):
+                await client.unsubscribe(topic)
+        except aiomqtt.MqttError as exc:
+            log.warning("EventBus: changing subscriptions: %s", exc)  # redone on reconnect
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish on the broker; NotConnected when there is none right now."""
         client = self._client
@@ -113,7 +140,7 @@ class EventBus:
                     # A flood from a local app is dropped here rather than filling memory.
                     max_queued_incoming_messages=_MAX_QUEUED,
                 ) as client:
-                    for topic in DEVICE_TOPICS:
+                    for topic in (*DEVICE_TOPICS, *sorted(self._forwarded)):
                         await client.subscribe(topic, qos=1)
                     self._client = client
                     self._connected.set()
@@ -134,7 +161,13 @@ class EventBus:
     async def _deliver(self, topic: str, payload: object) -> None:
         if not isinstance(payload, bytes | bytearray):
             return  # aiomqtt hands bytes for every MQTT message; nothing else can arrive
+        handler: OnMessage | None = self._on_device
+        if not topic.startswith(_TWIN_PREFIXES):
+            forwarded = any(topic_matches(f, topic) for f in self._forwarded)
+            handler = self._on_upload if forwarded else None
+        if handler is None:
+            return
         try:
-            await self._on_device(topic, bytes(payload))
+            await handler(topic, bytes(payload))
         except Exception:  # one bad message must not end the subscription
             log.exception("handling MQTT message on %s failed", topic)

@@ -299,7 +299,8 @@ def start_cloud(tmp_path: Path) -> Iterator[Callable[..., CloudProcess]]:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "orbiter.cli", "cloud", "--data-dir", str(data_dir),
-                 "--api-port", "0", "--hub-port", "0", "--join-port", "0", *extra],
+                 "--api-port", "0", "--hub-port", "0", "--join-port", "0",
+                 "--router-port", "0", *extra],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         cloud = CloudProcess(proc, data_dir, log)
