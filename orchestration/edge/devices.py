@@ -83,9 +83,13 @@ class Devices:
         await self.twin.start()
         if self.broker is not None:
             await self.broker.start()
-        host, port = self.mqtt_address
         self.eventbus = EventBus(
-            host, port, node_name=self.node_name, on_device=self._on_mqtt, on_upload=self._upload
+            node_name=self.node_name,
+            on_device=self._on_mqtt,
+            on_upload=self._upload,
+            broker=self.broker,
+            host=self._host,
+            port=self._port,
         )
         stored = await self.store.get(_FORWARDED)
         if stored is not None:
@@ -241,9 +245,7 @@ class Devices:
             log.warning("not published: %s", exc)
 
     async def _publish_checked(self, topic: str, payload: bytes) -> None:
-        if self.broker is not None:  # in-process: no round trip, no reconnect window
-            await self.broker.publish(topic, payload, qos=1)
-        elif self.eventbus is not None:
+        if self.eventbus is not None:
             await self.eventbus.publish(topic, payload)
 
 

@@ -1,12 +1,14 @@
-"""EventBus: EdgeCore's MQTT client, between the node's broker and DeviceTwin (kubeedge.md §5.4).
+"""EventBus: EdgeCore's side of the node's MQTT bus (kubeedge.md §5.4).
 
-It subscribes to KubeEdge's device and node topics (QoS 1) on the broker, the embedded one or an
-external mosquitto, hands every message on them to ``on_device(topic, payload)`` and publishes
-what EdgeCore asks (twin results, deltas, documents, membership). The topics the cloud's
-router Rules name (``forward``) are subscribed too, and what arrives on them goes to
-``on_upload(topic, payload)``. A lost broker is reconnected
-with back-off; what DeviceTwin holds is durable, so a publication that finds no broker is
-dropped with a log line, never queued without bound.
+It takes what apps and mappers publish on KubeEdge's device and node topics to
+``on_device(topic, payload)``, and what they publish on the topics the cloud's router Rules
+name (``forward``) to ``on_upload(topic, payload)``; and it publishes what EdgeCore asks (twin
+results, deltas, documents, membership, router messages). With the embedded broker it is an
+in-process listener on it (no socket, no MQTT client loaded); with an external broker
+(mosquitto) it is an MQTT client that subscribes at QoS 1 and reconnects with back-off.
+Either way, messages are handed on one at a time in arrival order (the order an app
+published its updates in), and a flood beyond ``_MAX_QUEUED`` is dropped with a log line
+rather than filling memory.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-import aiomqtt
-
+from .broker import Broker
 from .matching import topic_matches
 
 __all__ = ["DEVICE_TOPICS", "EventBus", "NotConnected"]
@@ -33,7 +35,6 @@ DEVICE_TOPICS = (
     "$hw/events/device/+/+/state/update",
     "$hw/events/node/+/membership/get",
 )
-
 _MAX_QUEUED = 10_000
 _TWIN_PREFIXES = ("$hw/events/device/", "$hw/events/node/")
 
@@ -45,23 +46,24 @@ class NotConnected(ConnectionError):
 
 
 class EventBus:
-    """``host``/``port``: the broker. ``on_device`` is awaited for each message, one at a time
-    in arrival order (the order an app published its updates in)."""
+    """On ``broker`` (embedded, in-process) or on the broker at ``host``:``port``."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
         *,
         node_name: str,
         on_device: OnMessage,
         on_upload: OnMessage | None = None,
+        broker: Broker | None = None,
+        host: str = "127.0.0.1",
+        port: int = 1883,
         reconnect_backoff: tuple[float, float] = (0.2, 10.0),
         keepalive: int = 30,
     ) -> None:
+        self.node_name = node_name
+        self.broker = broker
         self.host = host
         self.port = port
-        self.node_name = node_name
         self._on_device = on_device
         self._on_upload = on_upload
         self._forwarded: frozenset[str] = frozenset()
@@ -69,19 +71,34 @@ class EventBus:
         self._keepalive = keepalive
         # One id per EdgeCore run: a second node on the same broker must not take it over.
         self._identifier = f"edgecore-{node_name}-{uuid.uuid4().hex[:8]}"
-        self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
+        self._client: Any = None  # aiomqtt.Client while connected to an external broker
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_MAX_QUEUED)
+        self._dropped = 0
+        self._unlisten: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
+        return self._unlisten is not None or self._client is not None
+
+    @property
+    def forwarded(self) -> frozenset[str]:
+        """The router's topics whose messages go to ``on_upload``."""
+        return self._forwarded
 
     async def start(self) -> None:
-        if self._task is None:
+        if self._task is not None:
+            return
+        if self.broker is not None:
+            self._unlisten = self.broker.listen(self._wanted, self._enqueue)
+            self._task = asyncio.create_task(self._drain(), name=f"eventbus-{self.node_name}")
+        else:
             self._task = asyncio.create_task(self._run(), name=f"eventbus-{self.node_name}")
 
     async def stop(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -95,20 +112,14 @@ class EventBus:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
-
-    @property
-    def forwarded(self) -> frozenset[str]:
-        """The router's topics this bus subscribes to for ``on_upload``."""
-        return self._forwarded
-
     async def forward(self, topics: frozenset[str]) -> None:
-        """Subscribe to exactly ``topics`` (besides the device topics) for ``on_upload``."""
+        """Hand messages on exactly ``topics`` (besides the device topics) to ``on_upload``."""
         old, self._forwarded = self._forwarded, topics
         client = self._client
         if client is None:
-            return  # subscribed on the next connect
+            return  # in-process: ``_wanted`` reads the set; a client subscribes on connect
+        import aiomqtt
+
         try:
             for topic in sorted(topics - old):
                 await client.subscribe(topic, qos=1)
@@ -118,16 +129,45 @@ class EventBus:
             log.warning("EventBus: changing subscriptions: %s", exc)  # redone on reconnect
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish on the broker; NotConnected when there is none right now."""
+        """Publish on the bus; NotConnected when an external broker is unreachable now."""
+        if self.broker is not None:
+            await self.broker.publish(topic, payload, qos=qos)
+            return
         client = self._client
         if client is None:
             raise NotConnected(f"no MQTT broker connection for {topic}")
+        import aiomqtt
+
         try:
             await client.publish(topic, payload, qos=qos)
         except aiomqtt.MqttError as exc:
             raise NotConnected(f"publishing {topic}: {exc}") from exc
 
+    # -- in-process, on the embedded broker ----------------------------------------------
+
+    def _wanted(self, topic: str) -> bool:
+        if topic.startswith(_TWIN_PREFIXES):
+            return any(topic_matches(f, topic) for f in DEVICE_TOPICS)
+        return any(topic_matches(f, topic) for f in self._forwarded)
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait((topic, payload))
+        except asyncio.QueueFull:
+            self._dropped += 1
+            if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                log.warning("EventBus: %d messages dropped, %s among them", self._dropped, topic)
+
+    async def _drain(self) -> None:
+        while True:
+            topic, payload = await self._queue.get()
+            await self._deliver(topic, payload)
+
+    # -- as a client of an external broker -----------------------------------------------
+
     async def _run(self) -> None:
+        import aiomqtt  # only an external broker needs an MQTT client in this process
+
         failures = 0
         while True:
             try:
@@ -137,30 +177,26 @@ class EventBus:
                     identifier=self._identifier,
                     keepalive=self._keepalive,
                     clean_session=True,
-                    # A flood from a local app is dropped here rather than filling memory.
                     max_queued_incoming_messages=_MAX_QUEUED,
                 ) as client:
                     for topic in (*DEVICE_TOPICS, *sorted(self._forwarded)):
                         await client.subscribe(topic, qos=1)
                     self._client = client
-                    self._connected.set()
                     failures = 0
                     log.info("EventBus connected to the MQTT broker at %s:%d", self.host, self.port)
                     async for message in client.messages:
-                        await self._deliver(str(message.topic), message.payload)
+                        if isinstance(message.payload, bytes | bytearray):
+                            await self._deliver(str(message.topic), bytes(message.payload))
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT broker %s:%d: %s", self.host, self.port, exc)
             finally:
                 self._client = None
-                self._connected.clear()
             low, high = self._backoff
             delay = min(high, low * 2**failures) * (0.5 + random.random() / 2)
             failures = min(failures + 1, 16)
             await asyncio.sleep(delay)
 
-    async def _deliver(self, topic: str, payload: object) -> None:
-        if not isinstance(payload, bytes | bytearray):
-            return  # aiomqtt hands bytes for every MQTT message; nothing else can arrive
+    async def _deliver(self, topic: str, payload: bytes) -> None:
         handler: OnMessage | None = self._on_device
         if not topic.startswith(_TWIN_PREFIXES):
             forwarded = any(topic_matches(f, topic) for f in self._forwarded)
@@ -168,6 +204,6 @@ class EventBus:
         if handler is None:
             return
         try:
-            await handler(topic, bytes(payload))
+            await handler(topic, payload)
         except Exception:  # one bad message must not end the subscription
             log.exception("handling MQTT message on %s failed", topic)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import TracebackType
 
 from .connection import Connection
@@ -29,7 +30,9 @@ from .matching import SubscriptionTree, topic_matches
 from .packets import DEFAULT_MAX_PACKET_SIZE, encode_publish, validate_topic_name
 from .sessions import Message, Session
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "Listener"]
+
+Listener = Callable[[str, bytes], None]  # must not block: it runs inside the broker's routing
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class Broker:
         self._offline: dict[str, None] = {}  # persistent sessions without a client, oldest first
         self._tree = SubscriptionTree()
         self._retained: dict[str, tuple[bytes, int]] = {}  # topic -> (payload, QoS)
+        self._listeners: list[tuple[Callable[[str], bool], Listener]] = []
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -154,10 +158,20 @@ class Broker:
             raise ValueError(f"QoS {qos}")
         self.route(topic, bytes(payload), qos, retain)
 
+    def listen(self, matches: Callable[[str], bool], listener: Listener) -> Callable[[], None]:
+        """Call ``listener(topic, payload)`` for every message whose topic ``matches`` (an
+        in-process subscriber: EdgeCore's own EventBus); returns what removes it."""
+        entry = (matches, listener)
+        self._listeners.append(entry)
+        return lambda: self._listeners.remove(entry) if entry in self._listeners else None
+
     def route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver one application message to every matching session, once per client."""
         if retain:
             self._retain(topic, payload, qos)
+        for matches, listener in self._listeners:
+            if matches(topic):
+                listener(topic, payload)
         targets = self._tree.match(topic)
         if not targets:
             return
