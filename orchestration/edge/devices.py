@@ -14,8 +14,11 @@ of this node's broker, and ``forward`` sets the topics whose messages go up to t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +73,9 @@ class Devices:
         self.eventbus: EventBus | None = None
         self.mappers = MapperClients()
         self.dmi = DeviceManagerServer(str(dmi_socket), self)
-        self._sent: set[tuple[str, str]] = set()  # devices handed to their mapper this run
+        # Devices handed to their mapper this run, with the protocol that picked it.
+        self._sent: dict[tuple[str, str], str] = {}
+        self._calls: dict[tuple[str, str], asyncio.Task[None]] = {}  # the latest per device
         self._upstream = upstream
 
     @property
@@ -103,6 +108,10 @@ class Devices:
         await self.dmi.start()
 
     async def stop(self) -> None:
+        calls, self._calls = list(self._calls.values()), {}
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
         await self.dmi.stop()
         await self.mappers.close()
         if self.eventbus is not None:
@@ -124,30 +133,53 @@ class Devices:
             else:
                 await self.twin.model_changed(obj)
             return
+        key = (namespace, name)
         if obj is None or (obj.get("spec") or {}).get("nodeName") not in (None, self.node_name):
             await self.twin.device_removed(namespace, name)
-            if (namespace, name) in self._sent:
-                self._sent.discard((namespace, name))
-                await self._tell_mapper("RemoveDevice", self.mappers.remove_device(namespace, name))
+            if (protocol := self._sent.pop(key, None)) is not None:
+                remove = functools.partial(
+                    self.mappers.remove_device, namespace, name, protocol=protocol
+                )
+                self._tell_mapper(key, "RemoveDevice", remove)
             return
         await self.twin.device_changed(obj)
         model = self._model_of(obj)
         protocol = ((obj.get("spec") or {}).get("protocol") or {}).get("protocolName")
         if model is None or protocol not in self.mappers.mappers:
             return  # the mapper gets it when it registers
-        key = (namespace, name)
         if key in self._sent:
-            await self._tell_mapper("UpdateDevice", self.mappers.update_device(obj, model))
+            self._tell_mapper(
+                key, "UpdateDevice", functools.partial(self.mappers.update_device, obj, model)
+            )
         else:
-            self._sent.add(key)
-            await self._tell_mapper("RegisterDevice", self.mappers.register_device(obj, model))
+            self._sent[key] = protocol
+            self._tell_mapper(
+                key, "RegisterDevice", functools.partial(self.mappers.register_device, obj, model)
+            )
 
-    async def _tell_mapper(self, what: str, call: Any) -> None:
-        try:
-            await call
-        except (MapperCallError, LookupError, ValueError) as exc:
-            # The mapper is down or refuses: it gets the node's devices when it registers again.
-            log.warning("DMI %s: %s", what, exc)
+    def _tell_mapper(
+        self, key: tuple[str, str], what: str, call: Callable[[], Awaitable[None]]
+    ) -> None:
+        """In the background, in order per device: a mapper that hangs (each call may take
+        its 10 s deadline) must not hold up the cloud's messages to this node."""
+        previous = self._calls.get(key)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await call()
+            except (MapperCallError, LookupError, ValueError) as exc:
+                # The mapper is down or refuses: it gets the node's devices when it registers.
+                log.warning("DMI %s %s/%s: %s", what, key[0], key[1], exc)
+
+        task = asyncio.create_task(run(), name=f"dmi-{what}-{key[0]}/{key[1]}")
+        self._calls[key] = task
+        task.add_done_callback(functools.partial(self._call_done, key))
+
+    def _call_done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._calls.get(key) is task:
+            del self._calls[key]
 
     def _model_of(self, device: dict[str, Any]) -> dict[str, Any] | None:
         ref = ((device.get("spec") or {}).get("deviceModelRef") or {}).get("name")
@@ -181,7 +213,7 @@ class Devices:
         unique = list({id(m): m for m in models}.values())
         for device in devices:
             meta = device.get("metadata") or {}
-            self._sent.add((str(meta.get("namespace")), str(meta.get("name"))))
+            self._sent[str(meta.get("namespace")), str(meta.get("name"))] = mapper.protocol
         log.info(
             "mapper %s (%s) registered: %d devices", mapper.name, mapper.protocol, len(devices)
         )
