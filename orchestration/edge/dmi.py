@@ -14,6 +14,7 @@ too), so a confused mapper gets a clear gRPC status and EdgeCore keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -181,7 +182,9 @@ class DeviceManagerServer:
             raise ValueError(f"ReportDeviceStatus carries more than {_MAX_TWINS} twins")
         twins = twins_from_pb(reported)
         self._admit("status", namespace, name)
-        await self._handler.device_status_reported(namespace, name, twins)
+        # Shielded: a mapper's deadline must not cut a report between its store write and
+        # its upstream message.
+        await asyncio.shield(self._handler.device_status_reported(namespace, name, twins))
         return api_pb2.ReportDeviceStatusResponse()
 
     async def _report_state(
@@ -194,7 +197,7 @@ class DeviceManagerServer:
                 f"state {request.state[:64]!r} is not one of {', '.join(sorted(DEVICE_STATES))}"
             )
         self._admit("state", namespace, name)
-        await self._handler.device_state_reported(namespace, name, state)
+        await asyncio.shield(self._handler.device_state_reported(namespace, name, state))
         return api_pb2.ReportDeviceStatesResponse()
 
     def _admit(self, kind: str, namespace: str, name: str) -> None:

@@ -453,6 +453,9 @@ class DeviceTwin:
                 stored = await self._records.reload_device(record.namespace, record.name)
                 if stored is not None:
                     self._devices[(record.namespace, record.name)] = stored
+                    # A write that landed but was cancelled before it was sent up (its caller
+                    # gave up) left keys pending in the row: send them now, or never.
+                    stored.pending = self._send_up(stored, stored.pending)
             except Exception:
                 log.exception("could not reread device %s", record.id)
             raise Refusal(INTERNAL, f"could not store device {record.id}: {exc}") from None
