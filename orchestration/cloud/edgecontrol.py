@@ -60,7 +60,7 @@ from ..protocol import (
 from .controlling import Informers, being_deleted, meta
 from .delivery import NoAckQueue, NodeQueue, Verdict, is_delete, resource_version
 from .installing import install_crds
-from .objectsyncs import ObjectSyncs, SyncRecord, ensure_crds
+from .objectsyncs import ObjectSyncs, SyncRecord, ensure_crds, parse_rv
 from .syncloop import SyncLoop
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,17 @@ def device_references(device: dict[str, Any]) -> frozenset[Ref]:
 
 
 _REFERENCES = {POD: pod_references, DEVICE: device_references}
+_VOLATILE = frozenset({"resourceVersion", "managedFields"})
+
+
+def _status_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` differs from ``old`` in status (and resourceVersion) alone."""
+
+    def rest(obj: dict[str, Any]) -> dict[str, Any]:
+        m = {k: v for k, v in meta(obj).items() if k not in _VOLATILE}
+        return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": m}
+
+    return rest(old) == rest(new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +329,12 @@ class EdgeController:
         key: BoundKey = (kind, m.get("namespace") or "", str(m.get("name", "")))
         node = str((obj.get("spec") or {}).get("nodeName") or "")
         before = self._placed.pop(key, None)
+        if etype == "MODIFIED" and before and old is not None and _status_only(old, obj):
+            # The node reported this status itself: sending the object back would cost a
+            # message, a write and an ACK per report (per twin report, for a Device).
+            self._placed[key] = before
+            self._status_changed(before.node, old, obj)
+            return
         refs = _REFERENCES[kind](obj)
         after = _Placement(node, refs) if node and etype != "DELETED" else None
         # Count the new references before dropping the old: one kept never touches zero.
@@ -341,6 +358,17 @@ class EdgeController:
                 used = self._cached(*ref)
                 if used is not None:
                     await self._send(before.node, ref[0], used, delete=True)
+
+    def _status_changed(self, node: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """The node holds ``old``, which differs from ``new`` only in status: it is as good as
+        ``new``, so its ObjectSync moves on with it (else the sync loop would resend it)."""
+        link = self._links.get(node)
+        uid = str(meta(new).get("uid", ""))
+        if link is None or link.queue.pending(uid) is not None:
+            return  # the sync loop (or the message on its way) brings the node up to date
+        old_rv = parse_rv(meta(old).get("resourceVersion"))
+        if old_rv and self.syncs.acked_rv(node, uid) == old_rv:
+            self.syncs.record_ack(node, new, parse_rv(meta(new).get("resourceVersion")))
 
     def _count(self, placement: _Placement | None, delta: int) -> list[Ref]:
         """Count a pod's references on its node up or down; those that crossed zero."""
