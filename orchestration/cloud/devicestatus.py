@@ -8,15 +8,20 @@ to, and merged into ``status``: ``twins[].reported`` / ``observedDesired`` with
 than what the status holds (by its timestamp) changes nothing, so the latest wins whatever order
 reports arrive in after a reconnect. Every report is answered (``response`` or ``error``), which
 is what lets the node drop it from its outbox.
+
+A node reports each property of each Device on its own, so the same Devices come back again and
+again: the object each status write returned is kept (``cache`` Devices, least recently used
+first out) and the next report writes on top of it with its resourceVersion as precondition,
+without reading the Device first. Anyone else's write in between is a conflict: read, retry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +48,14 @@ class _Refused(Exception):
 class DeviceReports:
     """``handle(node, message)`` for upstream device messages; ``handles(message)`` says which."""
 
-    def __init__(self, client: Client, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: Client, *, clock: Callable[[], float] = time.time, cache: int = 10_000
+    ) -> None:
         self.client = client
         self._clock = clock
+        self._cache_size = cache
+        # The Device as this writer last wrote it; only read and replaced under its lock.
+        self._written: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         # Held only while in use: the entry goes when the last holder lets go of the lock.
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -79,33 +89,52 @@ class DeviceReports:
     async def _apply(
         self, node: str, ns: str, name: str, what: str, content: dict[str, Any]
     ) -> None:
-        for _ in range(_ATTEMPTS):
-            try:
-                device = await self.client.get(DEVICES, name, ns)
-            except NotFoundError:
-                raise _Refused(f"not found: device {ns}/{name}") from None
+        key = (ns, name)
+        for attempt in range(_ATTEMPTS):
+            device = self._written.pop(key, None) if attempt == 0 else None
+            cached = device is not None
+            if device is None:
+                try:
+                    device = await self.client.get(DEVICES, name, ns)
+                except NotFoundError:
+                    raise _Refused(f"not found: device {ns}/{name}") from None
             bound = (device.get("spec") or {}).get("nodeName")
             if bound != node:
+                if cached:
+                    continue  # maybe rebound since: only the Device as it is now may refuse
                 raise _Refused(f"forbidden: device {ns}/{name} is not bound to node {node}")
             status = dict(device.get("status") or {})
             changed = (
                 self._twins(status, content) if what == "twin" else self._state(status, content)
             )
             if not changed:
+                if cached:
+                    continue  # "older" than what we wrote; someone may have written since
+                self._remember(key, device)
                 return  # older than what the status holds: the latest already won
             status["lastReportTime"] = _rfc3339(self._clock())
+            # A merge patch of the status, as KubeEdge's devicecontroller writes it, with the
+            # resourceVersion it was built on as precondition.
             body = {
                 "metadata": {"resourceVersion": device["metadata"]["resourceVersion"]},
                 "status": status,
             }
             try:
-                await self.client.patch(
+                written = await self.client.patch(
                     DEVICES, name, body, ns, patch_type="merge", subresource="status"
                 )
             except ConflictError:
                 continue  # another writer got in between: read again
+            except NotFoundError:
+                raise _Refused(f"not found: device {ns}/{name}") from None
+            self._remember(key, written)
             return
         raise _Refused(f"conflict: device {ns}/{name} kept changing")
+
+    def _remember(self, key: tuple[str, str], device: dict[str, Any]) -> None:
+        self._written[key] = device
+        if len(self._written) > self._cache_size:
+            self._written.popitem(last=False)
 
     def _twins(self, status: dict[str, Any], content: dict[str, Any]) -> bool:
         twin = content.get("twin")
@@ -184,4 +213,4 @@ def _timestamp(value: Any) -> int:
 
 
 def _rfc3339(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
