@@ -4,7 +4,8 @@ registers over the node's DMI socket and drives a real pymodbus TCP server as th
 
 Reported register values reach ``status.twins``, a patched desired value reaches the device's
 registers, and the device's state follows the server going away and coming back. Each step's
-duration is printed (``pytest -s``)."""
+duration is printed (``pytest -s``). The mapper runs as a program of its own, and as a pod on
+its node."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 import yaml
+from orbiter.orchestration.client import CONFIGMAPS, DEVICEMODELS, DEVICES, PODS
 from orbiter.orchestration.edge.dmi import MapperCallError
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -353,3 +355,63 @@ async def test_thermostat_fleet_with_kubectl(
         return False
 
     await eventually(removed, "the mapper to drop the device")
+
+
+async def test_the_mapper_runs_as_a_pod_on_its_node(
+    cluster: Cluster, thermostat: Thermostat, sockets: Path, tmp_path: Path
+) -> None:
+    """The mapper as users deploy it: a pod bound to the node, its config from a ConfigMap,
+    run by the node's process runtime (``image: python`` is the node's interpreter)."""
+    client = cluster.client
+    devices = cluster.edges[0].devices
+    config = yaml.safe_load((EXAMPLES / "modbus-mapper.yaml").read_text())
+    config["grpc_server"]["socket_path"] = str(sockets / "modbus.sock")
+    config["common"]["edgecore_sock"] = str(devices.dmi.path)
+    await client.create(
+        CONFIGMAPS,
+        {"metadata": {"name": "modbus-mapper"}, "data": {"config.yaml": yaml.safe_dump(config)}},
+        "default",
+    )
+    pod = {
+        "metadata": {"name": "modbus-mapper"},
+        "spec": {
+            "nodeName": NODE,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+                {
+                    "name": "mapper",
+                    "image": "python",
+                    "command": ["python", "-m", "orbiter.orchestration.mappers.modbus"],
+                    # No mount namespace in the process runtime: a mountPath is a path
+                    # inside the container's root, its working directory.
+                    "args": ["--config", "etc/mapper/config.yaml"],
+                    "volumeMounts": [{"name": "config", "mountPath": "/etc/mapper"}],
+                }
+            ],
+            "volumes": [{"name": "config", "configMap": {"name": "modbus-mapper"}}],
+        },
+    }
+    await client.create(PODS, pod, "default")
+
+    async def registered() -> bool:
+        return "modbus" in devices.mappers.mappers
+
+    await eventually(registered, "the mapper pod to register over DMI")
+    model_path, device_path, _ = manifests(tmp_path, thermostat.port)
+    await client.create(DEVICEMODELS, yaml.safe_load(model_path.read_text()), "default")
+    await client.create(DEVICES, yaml.safe_load(device_path.read_text()), "default")
+
+    async def values() -> dict[str, str] | None:
+        found = reported(await client.get(DEVICES, DEVICE, "default"))
+        return found if found.get("temperature") == "21.5" else None
+
+    shown = await eventually(values, "the register values in the Device's status")
+    assert shown["humidity"] == "40"
+    await thermostat.wait_until(CO, 0, False)  # the desired "false" reached the coil
+
+    await client.delete(PODS, "modbus-mapper", "default")
+
+    async def gone() -> bool:
+        return not cluster.edges[0].runtime.running_pods()
+
+    await eventually(gone, "the mapper pod to stop")
