@@ -187,7 +187,8 @@ class Router:
         body = message.content if isinstance(message.content, str) else ""
         targets = self._rest_targets(node, topic)
         if not targets:
-            return message.error(f"not found: no rule takes topic {topic} from node {node}")
+            # Nodes send up KubeEdge's upload topics whatever the Rules say: not an error.
+            return message.response(f"no rule takes topic {topic} from node {node}", source=SOURCE)
         task = asyncio.create_task(self._post_all(targets, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,14 +1,14 @@
 """EventBus: EdgeCore's side of the node's MQTT bus (kubeedge.md §5.4).
 
 It takes what apps and mappers publish on KubeEdge's device and node topics to
-``on_device(topic, payload)``, and what they publish on the topics the cloud's router Rules
-name (``forward``) to ``on_upload(topic, payload)``; and it publishes what EdgeCore asks (twin
-results, deltas, documents, membership, router messages). With the embedded broker it is an
-in-process listener on it (no socket, no MQTT client loaded); with an external broker
-(mosquitto) it is an MQTT client that subscribes at QoS 1 and reconnects with back-off.
-Either way, messages are handed on one at a time in arrival order (the order an app
-published its updates in), and a flood beyond ``_MAX_QUEUED`` is dropped with a log line
-rather than filling memory.
+``on_device(topic, payload)``, and what they publish on KubeEdge's upload topics and on the
+topics the cloud's router Rules name (``forward``) to ``on_upload(topic, payload)``; and it
+publishes what EdgeCore asks (twin results, deltas, documents, membership, router messages).
+With the embedded broker it is an in-process listener on it (no socket, no MQTT client
+loaded); with an external broker (mosquitto) it is an MQTT client that subscribes at QoS 1
+and reconnects with back-off. Either way, messages are handed on one at a time in arrival
+order (the order an app published its updates in), and a flood beyond ``_MAX_QUEUED`` is
+dropped with a log line rather than filling memory.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from .broker import Broker
 from .matching import topic_matches
 
-__all__ = ["DEVICE_TOPICS", "EventBus", "NotConnected"]
+__all__ = ["DEVICE_TOPICS", "UPLOAD_TOPICS", "EventBus", "NotConnected"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ DEVICE_TOPICS = (
     "$hw/events/device/+/+/state/update",
     "$hw/events/node/+/membership/get",
 )
+# Sent up to the cloud's router whatever the Rules say (KubeEdge's EventBus subscribes to them).
+UPLOAD_TOPICS = ("$hw/events/upload/#", "SYS/dis/upload_records", "+/user/#")
 _MAX_QUEUED = 10_000
 _TWIN_PREFIXES = ("$hw/events/device/", "$hw/events/node/")
 
@@ -148,7 +150,10 @@ class EventBus:
     def _wanted(self, topic: str) -> bool:
         if topic.startswith(_TWIN_PREFIXES):
             return any(topic_matches(f, topic) for f in DEVICE_TOPICS)
-        return any(topic_matches(f, topic) for f in self._forwarded)
+        return self._uploaded(topic)
+
+    def _uploaded(self, topic: str) -> bool:
+        return any(topic_matches(f, topic) for f in (*UPLOAD_TOPICS, *self._forwarded))
 
     def _enqueue(self, topic: str, payload: bytes) -> None:
         try:
@@ -179,7 +184,7 @@ class EventBus:
                     clean_session=True,
                     max_queued_incoming_messages=_MAX_QUEUED,
                 ) as client:
-                    for topic in (*DEVICE_TOPICS, *sorted(self._forwarded)):
+                    for topic in (*DEVICE_TOPICS, *UPLOAD_TOPICS, *sorted(self._forwarded)):
                         await client.subscribe(topic, qos=1)
                     self._client = client
                     failures = 0
@@ -199,8 +204,7 @@ class EventBus:
     async def _deliver(self, topic: str, payload: bytes) -> None:
         handler: OnMessage | None = self._on_device
         if not topic.startswith(_TWIN_PREFIXES):
-            forwarded = any(topic_matches(f, topic) for f in self._forwarded)
-            handler = self._on_upload if forwarded else None
+            handler = self._on_upload if self._uploaded(topic) else None
         if handler is None:
             return
         try:
