@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     message BLOB NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS outbox_seq ON outbox (seq);
 """
 
 
@@ -70,14 +71,20 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a status written just before a power cut is still there after it.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         # In memory: what was sent and awaits its answer, per key (a reconnect forgets it all).
         self._sent: dict[str, _Sent] = {}
+        self._sent_ids: dict[str, str] = {}  # msg_id -> key, for the answers
+        row = self._db.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
+        # The ends of the queue; they only move outwards, so a sequence is never reused.
+        self._low, self._high = (row[0] or 0), (row[1] or 0)
 
     def _next_seq(self, first: bool) -> int:
-        row = self._db.execute("SELECT MIN(seq), MAX(seq) FROM outbox").fetchone()
-        low, high = (row[0] or 0), (row[1] or 0)
-        return low - 1 if first else high + 1
+        if first:
+            self._low -= 1
+            return self._low
+        self._high += 1
+        return self._high
 
     def put(self, key: str, message: Message, *, first: bool = False) -> int:
         """Keep ``message`` as the one to send for ``key`` (replacing any older one); its
@@ -106,21 +113,30 @@ class Outbox:
             cur = self._db.execute("DELETE FROM outbox WHERE key = ? AND seq = ?", (key, seq))
         if cur.rowcount == 0:
             return False
-        self._sent.pop(key, None)  # nothing left to await (or resend) for it
+        self._forget(key)  # nothing left to await (or resend) for it
         return True
 
     def due(self, now: float) -> list[Pending]:
         """The rows to send, oldest first: those not sent, or not answered by their deadline
-        (a newer report for a key is a new row, whatever its predecessor awaits)."""
-        return [p for p in self.pending() if not self._awaits(p, now)]
+        (a newer report for a key is a new row, whatever its predecessor awaits). Only these
+        are decoded: rows on their way cost a comparison, not a parse."""
+        rows = self._db.execute("SELECT key, seq, message FROM outbox ORDER BY seq")
+        return [Pending(k, s, Message.decode(m)) for k, s, m in rows if not self._awaits(k, s, now)]
 
-    def _awaits(self, item: Pending, now: float) -> bool:
-        sent = self._sent.get(item.key)
-        return sent is not None and sent.seq == item.seq and sent.deadline > now
+    def _awaits(self, key: str, seq: int, now: float) -> bool:
+        sent = self._sent.get(key)
+        return sent is not None and sent.seq == seq and sent.deadline > now
 
     def sent(self, item: Pending, deadline: float) -> None:
         """``item`` went out: not due again before ``deadline``, unless it is answered."""
+        self._forget(item.key)
         self._sent[item.key] = _Sent(item.seq, item.message.msg_id, deadline)
+        self._sent_ids[item.message.msg_id] = item.key
+
+    def _forget(self, key: str) -> None:
+        sent = self._sent.pop(key, None)
+        if sent is not None:
+            self._sent_ids.pop(sent.msg_id, None)
 
     def next_deadline(self) -> float | None:
         return min((s.deadline for s in self._sent.values()), default=None)
@@ -128,16 +144,18 @@ class Outbox:
     def forget_sent(self) -> None:
         """The link was lost: every pending row is due again."""
         self._sent.clear()
+        self._sent_ids.clear()
 
     def acknowledge(self, parent_msg_id: str) -> str | None:
         """The key whose sent message the cloud's reply answers (its row dropped, unless a
         newer report replaced it meanwhile); None if it answers nothing sent from here."""
-        for key, sent in self._sent.items():
-            if sent.msg_id == parent_msg_id:
-                del self._sent[key]
-                self.remove(key, sent.seq)
-                return key
-        return None
+        key = self._sent_ids.get(parent_msg_id)
+        if key is None:
+            return None
+        sent = self._sent[key]
+        self._forget(key)
+        self.remove(key, sent.seq)
+        return key
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
