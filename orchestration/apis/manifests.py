@@ -6,13 +6,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-import yaml
-
 DEVICES = "devices.yaml"  # devices.kubeedge.io/v1beta1 DeviceModel, Device
 RULES = "rules.yaml"  # rules.kubeedge.io/v1 RuleEndpoint, Rule
 
 
 def load_crds(name: str) -> list[dict[str, Any]]:
     """The CustomResourceDefinitions in the packaged manifest ``name`` (``DEVICES``, ...)."""
+    import yaml  # only the cloud reads manifests: edge nodes need not load a YAML parser
+
     text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
     return [doc for doc in yaml.safe_load_all(text) if doc]
