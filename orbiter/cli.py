@@ -600,8 +600,11 @@ async def _run_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
-    # uvloop serves about 1.3x the requests per core here; plain asyncio works the same.
+def _run(main: Coroutine[Any, Any, int], *, fast_loop: bool = True) -> int:
+    # uvloop serves about 1.3x the requests per core here; plain asyncio works the same, and
+    # an edge node, which serves few requests, keeps the 2 MB uvloop costs (bench/edge.py).
+    if not fast_loop:
+        return asyncio.run(main)
     try:
         import uvloop
     except ImportError:
@@ -618,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "cloud":
         return _run(_run_cloud(args))
     if args.command == "edge":
-        return _run(_run_edge(args))
+        return _run(_run_edge(args), fast_loop=False)
     if args.command == "up":
         return _run(_run_up(args))
     if args.command == "token":
