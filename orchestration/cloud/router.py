@@ -166,7 +166,7 @@ class Router:
 
     async def _on_rule(self, etype: str, rule: dict[str, Any], old: dict[str, Any] | None) -> None:
         nodes = {
-            str(((r or {}).get("spec") or {}).get("sourceResource", {}).get("node_name") or "")
+            str((((r or {}).get("spec") or {}).get("sourceResource") or {}).get("node_name") or "")
             for r in (rule, old)
         }
         for node in nodes - {""}:
