@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..hub import backoff_delay
 from .broker import Broker
 from .matching import topic_matches
 
@@ -196,10 +196,8 @@ class EventBus:
                 log.warning("MQTT broker %s:%d: %s", self.host, self.port, exc)
             finally:
                 self._client = None
-            low, high = self._backoff
-            delay = min(high, low * 2**failures) * (0.5 + random.random() / 2)
-            failures = min(failures + 1, 16)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff_delay(failures, *self._backoff))
+            failures += 1
 
     async def _deliver(self, topic: str, payload: bytes) -> None:
         handler: OnMessage | None = self._on_device
