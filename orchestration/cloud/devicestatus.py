@@ -37,6 +37,7 @@ STATES = frozenset({"ok", "online", "offline", "unhealthy", "unknown"})
 _ONLINE = frozenset({"ok", "online"})
 _ATTEMPTS = 10  # concurrent writers of one Device's status; each retry means another one won
 _MAX_VALUE = 512  # bytes, as DeviceTwin's own rule
+MAX_TWINS = 1024  # per Device, as DeviceTwin keeps: a node cannot grow a status without end
 
 
 class _Refused(Exception):
@@ -142,6 +143,8 @@ class DeviceReports:
             raise _Refused("bad request: content.twin must be a non-empty object")
         twins = [dict(t) for t in status.get("twins") or [] if isinstance(t, dict)]
         by_name = {t.get("propertyName"): t for t in twins}
+        if len(by_name | dict.fromkeys(twin)) > MAX_TWINS:
+            raise _Refused(f"bad request: a Device's status holds at most {MAX_TWINS} twins")
         changed = False
         for prop, value in twin.items():
             if not isinstance(prop, str) or not prop or not isinstance(value, dict):

@@ -129,6 +129,9 @@ async def test_refused_reports_say_why_and_change_nothing(
             "bad request: delete",
         ),
     ]
+    many = twin("p", "1", 5)
+    many.content["twin"] = {f"p{i}": {"actual": {"value": "1"}} for i in range(1025)}
+    cases.append(("edge-1", many, "bad request: a Device's status holds at most 1024 twins"))
     for node, message, reason in cases:
         reply = await reports.handle(node, message)
         assert reply.operation == "error", reason
