@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,21 +12,10 @@ from orbiter.orchestration.client import DEPLOYMENTS, NODES, PODS
 
 from orbiter.testing import Cluster, ClusterThread, node_ready
 
+from .converging import until as eventually
+
 WAIT = 60.0
 NS = "default"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy (the cluster converges on its own)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.1)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting: {what}")
 
 
 def deployment(replicas: int) -> dict[str, Any]:

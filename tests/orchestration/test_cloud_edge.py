@@ -3,8 +3,7 @@ their status comes back to the API, and scaling down and deleting stop the proce
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +23,10 @@ from orbiter.orchestration.edge.core import EdgeCore
 from orbiter.orchestration.edge.joining import join
 from orbiter.orchestration.protocol import Message
 
+from ..converging import until as eventually
+
 WAIT = 60.0
 NS = "default"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Poll ``check`` until it returns something truthy (the cluster converges on its own)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.1)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting: {what}")
 
 
 @pytest.fixture

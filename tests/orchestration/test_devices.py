@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -29,11 +29,11 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from orbiter.testing import Cluster
 
+from ..converging import until as eventually
 from .mappers import _grpc_released, short_dir  # noqa: F401
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.slow]
 
-T = TypeVar("T")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "devices"
 KUBECTL = "/usr/bin/kubectl"
@@ -131,19 +131,6 @@ class Kubectl:
     async def device(self) -> dict[str, Any]:
         doc: dict[str, Any] = yaml.safe_load(await self("get", "device", DEVICE, "-o", "yaml"))
         return doc
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """The first truthy result of ``check``, asked again until WAIT has passed."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.02)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out after {WAIT}s waiting for {what}")
 
 
 def twin_values(device: dict[str, Any], side: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from orbiter.orchestration.client import DEVICEMODELS, DEVICES, LocalClient
 
 from orbiter.testing import Cluster
 
+from ..converging import until
 from ..fixtures.mosquitto import running_mosquitto
 from .test_autonomy import ProxiedCluster, Proxy
 
@@ -61,18 +62,6 @@ def device(node: str) -> dict[str, Any]:
             ],
         },
     }
-
-
-async def until(check: Any, what: str) -> Any:
-    """Poll a converging system until ``check()`` is truthy."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if result := await check():
-                    return result
-                await asyncio.sleep(0.05)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 async def reported(client: LocalClient, prop: str) -> str | None:

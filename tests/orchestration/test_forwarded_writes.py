@@ -4,8 +4,7 @@ to the cloud, which performs it as the node (the node authorizer decides) and an
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,11 @@ from orbiter.orchestration.protocol import GROUP_RESOURCE, RESPONSE, Message
 
 from orbiter.testing import Cluster
 
+from ..converging import until as eventually
+
 WAIT = 60.0
 NODE = "edge-0"
 JSON = "application/json"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.1)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting: {what}")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from kubernetes.client.rest import ApiException
 from orbiter.orchestration.client import PODS
 
 from orbiter.testing import Cluster, ClusterThread
+
+from ..converging import until as eventually
 
 WAIT = 60.0
 NODE = "edge-0"
@@ -39,18 +41,6 @@ def pod(name: str, containers: int = 1) -> dict[str, Any]:
             ],
         },
     }
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str) -> Any:
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                result = await check()
-                if result:
-                    return result
-                await asyncio.sleep(0.1)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting: {what}")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from orbiter.orchestration.client import RULEENDPOINTS, RULES
 
 from orbiter.testing import Cluster
 
+from ..converging import until
+
 NS = "default"
 WAIT = 30.0
 
@@ -48,17 +50,6 @@ def rule(name: str, source: str, source_resource: Any, target: str, target_resou
             "targetResource": target_resource,
         },
     }
-
-
-async def until(check: Any, what: str) -> Any:
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if result := await check():
-                    return result
-                await asyncio.sleep(0.05)  # polling a converging system: no event to await
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 async def test_rest_to_eventbus(cluster: Cluster) -> None:
