@@ -42,13 +42,22 @@ check: $(STAMP) build/pkgview
 bench: $(STAMP)
 	$(BIN)/python bench/apiserver.py
 
-# Regenerates the DMI stubs from orchestration/apis/dmi/api.proto (they are committed).
+# Regenerates the committed gRPC stubs: DMI (orchestration/apis/dmi/api.proto) and the Open
+# Inference Protocol (edge-inference/protos/grpc_predict_v2.proto). The OIP messages go into a
+# private descriptor pool: Triton's client defines the same `inference.*` names in the default one.
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I orchestration/apis --python_out=orchestration/apis \
 		--pyi_out=orchestration/apis --grpc_python_out=orchestration/apis \
 		orchestration/apis/dmi/api.proto
 	sed -i 's/^from dmi import api_pb2 as dmi_dot_api__pb2$$/from . import api_pb2 as dmi_dot_api__pb2/' \
 		orchestration/apis/dmi/api_pb2_grpc.py
+	$(BIN)/python -m grpc_tools.protoc -I edge-inference --python_out=edge-inference \
+		--pyi_out=edge-inference --grpc_python_out=edge-inference \
+		edge-inference/protos/grpc_predict_v2.proto
+	sed -i 's/^from protos import grpc_predict_v2_pb2 as/from . import grpc_predict_v2_pb2 as/' \
+		edge-inference/protos/grpc_predict_v2_pb2_grpc.py
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/_POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = _POOL.AddSerializedFile(/' \
+		edge-inference/protos/grpc_predict_v2_pb2.py
 
 clean:
 	rm -rf build $(VENV)
