@@ -1,0 +1,1 @@
+"""Tests of orbiter.models: zoo, datasets, training, export and quantization."""
