@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
+from .models_cli import add_models_parser, run_models
+from .serve_cli import add_serve_parser, run_serve
 
 T = TypeVar("T")
 
@@ -146,6 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _edge_parser(sub)
     _up_parser(sub)
+    add_models_parser(sub)
+    add_serve_parser(sub)
     return p
 
 
@@ -626,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_run_up(args))
     if args.command == "token":
         return _token_create(args)
+    if args.command == "models":
+        return run_models(args)
+    if args.command == "serve":
+        return _run(run_serve(args))
     if args.command == "demo":
         from .demo import run_demo
 
