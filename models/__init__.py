@@ -24,7 +24,6 @@ if TYPE_CHECKING:
         ArtifactStore,
         ChecksumMismatch,
         LocalArtifactStore,
-        S3ArtifactStore,
         open_store,
     )
     from .datasets import (
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
         Registry,
         RegistryError,
     )
+    from .s3storage import S3ArtifactStore
     from .training import History, evaluate, predict, train, train_digits
     from .zoo import MODEL_NAMES, build_model, count_flops
 
@@ -64,9 +64,9 @@ _HOMES = {
         "ArtifactStore",
         "ChecksumMismatch",
         "LocalArtifactStore",
-        "S3ArtifactStore",
         "open_store",
     ),
+    "s3storage": ("S3ArtifactStore",),
     "datasets": (
         "ArrayDataset",
         "DatasetError",

@@ -17,10 +17,10 @@ from orbiter.models.artifacts import (
     ArtifactTooLarge,
     ChecksumMismatch,
     LocalArtifactStore,
-    S3ArtifactStore,
     open_store,
     parse_digest,
 )
+from orbiter.models.s3storage import S3ArtifactStore
 
 from tests.fixtures.s3 import S3Server, s3_server  # noqa: F401
 

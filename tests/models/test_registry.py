@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from orbiter.models.artifacts import ChecksumMismatch, LocalArtifactStore, S3ArtifactStore
+from orbiter.models.artifacts import ChecksumMismatch, LocalArtifactStore
 from orbiter.models.registry import (
     TAG_PARENT,
     TAG_SHA256,
@@ -24,6 +24,7 @@ from orbiter.models.registry import (
     Registry,
     RegistryError,
 )
+from orbiter.models.s3storage import S3ArtifactStore
 
 from tests.fixtures.s3 import S3Server, s3_server  # noqa: F401
 
