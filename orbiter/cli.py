@@ -291,6 +291,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 async def _run_cloud(args: argparse.Namespace) -> int:
+    from .collab.apis import load_sedna_crds
     from .orchestration.cloud.running import Cloud
 
     cloud = Cloud(
@@ -304,6 +305,7 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         node_cert_days=args.node_cert_days,
         sync_period=args.sync_period,
         router_port=args.router_port,
+        crds=load_sedna_crds(),  # the layers above orchestration bring their own kinds
     )
     await cloud.start()
     assert cloud.hub is not None and cloud.join is not None

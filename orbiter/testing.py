@@ -7,7 +7,8 @@
         subprocess.run(["kubectl", "--kubeconfig", cloud.kubeconfig, "get", "ns"], check=True)
 
 In async tests, ``async with Cloud(tmp_path, port=0, hub_port=0, join_port=0,
-router_port=0) as cloud`` needs no thread.
+router_port=0) as cloud`` needs no thread. All three run what ``orbiter cloud`` runs, the
+sedna.io CRDs included.
 
 ``Cluster`` adds edge nodes: a cloud and N real ``EdgeCore`` nodes (``edge-0``, ``edge-1``,
 …) in this process, each joined with a real token over the real join endpoint. Their pods
@@ -31,14 +32,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .collab.apis import load_sedna_crds
 from .orchestration.client import NODES, LocalClient
+from .orchestration.cloud import running
 from .orchestration.cloud.joining import create_join_token
-from .orchestration.cloud.running import Cloud
 from .orchestration.edge.core import EdgeCore
 from .orchestration.edge.joining import join
 from .orchestration.edge.runtime import ImageSpec, ProcessRuntime
@@ -46,6 +48,20 @@ from .orchestration.edge.runtime import ImageSpec, ProcessRuntime
 T = TypeVar("T")
 
 __all__ = ["Cloud", "CloudThread", "Cluster", "ClusterThread", "node_ready"]
+
+
+class Cloud(running.Cloud):
+    """The orchestration ``Cloud`` plus the CRDs of the layers above it (the sedna.io kinds),
+    as ``orbiter cloud`` starts it; ``crds`` replaces that list."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        crds: Iterable[dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(data_dir, crds=load_sedna_crds() if crds is None else crds, **options)
 
 
 class CloudThread:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import contextvars
 import copy
 import secrets
 import uuid
@@ -70,6 +71,14 @@ class Options:
         self.field_validation = field_validation or "Warn"
         self.field_manager = field_manager
         self.force = force
+
+
+# The warnings of the request being served (unknown fields under fieldValidation=Warn). A
+# transport that reports them (HTTP: "Warning: 299" headers) sets a list here; elsewhere
+# they are dropped.
+WARNINGS: contextvars.ContextVar[builtins.list[str] | None] = contextvars.ContextVar(
+    "request_warnings", default=None
+)
 
 
 class API:
@@ -256,6 +265,8 @@ class API:
             warnings += more_warnings
         if causes:
             raise errors.invalid(rt, obj["metadata"].get("name", ""), causes)
+        if warnings and (sink := WARNINGS.get()) is not None:
+            sink.extend(warnings)
         return warnings
 
     async def create(

@@ -18,7 +18,8 @@ from ..store import CompactedError, WatchOverflowError
 from . import discovery, errors
 from .authorization import User, authorize, node_user
 from .errors import APIError
-from .handling import API
+from .fielderrors import go_quote
+from .handling import API, WARNINGS
 from .openapi import OpenAPIDocs
 from .patching import PatchError
 from .podlogs import choose_container, open_log, parse_options
@@ -222,15 +223,23 @@ class HTTPFrontend:
                 continue_token=q.get("continue", ""),
             )
             return self._maybe_table(request, rt, listed["items"], listed)
-        status, obj = await perform_write(
-            api,
-            target,
-            method,
-            q,
-            await request.read(),
-            request.headers.get("Content-Type", ""),
-        )
-        return _json(obj, status)
+        warnings: list[str] = []
+        reset = WARNINGS.set(warnings)
+        try:
+            status, obj = await perform_write(
+                api,
+                target,
+                method,
+                q,
+                await request.read(),
+                request.headers.get("Content-Type", ""),
+            )
+        finally:
+            WARNINGS.reset(reset)
+        resp = _json(obj, status)
+        for text in dict.fromkeys(warnings):  # once each, as kube-apiserver
+            resp.headers.add("Warning", f"299 - {go_quote(text)}")
+        return resp
 
     async def _authorize(
         self, request: web.Request, rt: ResourceType, namespace: str | None, name: str, sub: str

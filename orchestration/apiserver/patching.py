@@ -73,11 +73,26 @@ def json_equal(a: Any, b: Any) -> bool:
 
 class _JSONishLoader(yaml.SafeLoader):
     """Safe YAML without timestamp resolution: Kubernetes reads YAML as JSON, so an
-    unquoted ``2024-01-01T00:00:00Z`` stays a string instead of becoming a datetime."""
+    unquoted ``2024-01-01T00:00:00Z`` stays a string instead of becoming a datetime. Nor are
+    YAML 1.1's base-60 numbers read (Go's YAML has none): ``end: 24:00``, a Sedna trigger's
+    timer, stays "24:00" instead of becoming 1440."""
 
 
+# PyYAML's int and float patterns less their sexagesimal alternatives.
+_INT = re.compile(
+    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+)
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_PATTERNS = {"tag:yaml.org,2002:int": _INT, "tag:yaml.org,2002:float": _FLOAT}
 _JSONishLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [
+        (tag, _PATTERNS.get(tag, rx))
+        for tag, rx in resolvers
+        if tag != "tag:yaml.org,2002:timestamp"
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 

@@ -195,13 +195,16 @@ BUILTIN_COLUMNS: dict[tuple[str, str], list[Column]] = {
 }
 
 _SEGMENT = re.compile(
-    r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.]+)==[\"']([^\"']*)[\"']\)\]"
+    r"\.([A-Za-z0-9_\-]+)|\[(-?\d+)\]|\[(-?\d*):(-?\d*)\]"
+    r"|\[\?\(@\.([A-Za-z0-9_.]+)==[\"']([^\"']*)[\"']\)\]"
 )
 
 
 def jsonpath_get(obj: Any, path: str) -> Any:
-    """The JSONPath subset printer columns use: ``.a.b``, ``[0]``, ``[?(@.type=="Ready")]``."""
-    pos, cur = 0, obj
+    """The JSONPath subset printer columns use: ``.a.b``, ``[0]``, ``[-1]``, slices such as
+    ``[-1:]`` (the latest condition) and ``[?(@.type=="Ready")]``. A path may match several
+    values (a slice, a filter); as in kube-apiserver, the column shows the first."""
+    pos, found = 0, [obj]
     path = path.strip()
     if path.startswith("{") and path.endswith("}"):
         path = path[1:-1]
@@ -210,21 +213,25 @@ def jsonpath_get(obj: Any, path: str) -> Any:
         if m is None:
             return None
         pos = m.end()
-        field, index, fkey, fval = m.groups()
-        if field is not None:
-            cur = cur.get(field) if isinstance(cur, dict) else None
-        elif index is not None:
-            cur = cur[int(index)] if isinstance(cur, list) and int(index) < len(cur) else None
-        else:
-            found = None
-            for item in cur if isinstance(cur, list) else []:
-                if str(jsonpath_get(item, "." + fkey)) == fval:
-                    found = item
-                    break
-            cur = found
-        if cur is None:
+        field, index, start, stop, fkey, fval = m.groups()
+        matched: list[Any] = []
+        for cur in found:
+            if field is not None:
+                if isinstance(cur, dict) and cur.get(field) is not None:
+                    matched.append(cur[field])
+            elif not isinstance(cur, list):
+                continue
+            elif index is not None:
+                if -len(cur) <= int(index) < len(cur):
+                    matched.append(cur[int(index)])
+            elif start is not None:  # a slice; its bounds may be empty
+                matched.extend(cur[int(start) if start else None : int(stop) if stop else None])
+            else:
+                matched.extend(i for i in cur if str(jsonpath_get(i, "." + fkey)) == fval)
+        found = matched
+        if not found:
             return None
-    return cur
+    return found[0]
 
 
 def _custom_columns(rt: ResourceType) -> list[Column]:

@@ -2,7 +2,8 @@
 
 The API server and its controllers; the join endpoint that signs node certificates; CloudHub,
 holding one mTLS WebSocket per edge node; the edge controller that syncs each node; and the
-router that carries KubeEdge's Rules between REST and the nodes' MQTT buses.
+router that carries KubeEdge's Rules between REST and the nodes' MQTT buses. Higher layers
+add their own CRDs (``crds``: the sedna.io kinds) without this layer knowing them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from ..apis import RULES as RULES_CRDS
 from ..apis import load_crds
@@ -49,7 +52,10 @@ class Cloud:
         sync_period: float = 5.0,
         node_cert_days: float = DEFAULT_CERT_DAYS,
         router_port: int = ROUTER_PORT,
+        crds: Iterable[dict[str, Any]] = (),
     ) -> None:
+        """``crds``: more CustomResourceDefinitions to install (create or update) at every
+        start, after the built-in ones."""
         self.server = APIServer(
             data_dir,
             store_url=store_url,
@@ -63,6 +69,7 @@ class Cloud:
         self._keepalive_timeout, self._sync_period = keepalive_timeout, sync_period
         self._node_cert_days = node_cert_days
         self._router_port = router_port
+        self._crds = list(crds)  # an iterator would be spent by the first start
         self.router: Router | None = None
         self._router_informers: Informers | None = None
         self._client: LocalClient | None = None
@@ -108,6 +115,7 @@ class Cloud:
             self.edge = EdgeController(client, self.hub, sync_period=self._sync_period)
             await self.edge.start()
             await install_crds(client, load_crds(RULES_CRDS))
+            await install_crds(client, self._crds)
             self._router_informers = Informers(client)
             self.router = Router(
                 client, self.hub, self._router_informers, host=self._listen, port=self._router_port

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from orbiter.collab.apis import SEDNA_CRDS, load_sedna_crds
 from orbiter.orchestration.apis import DEVICES, RULES, load_crds
 
 REPO = Path(__file__).resolve().parents[3]
 
+PACKAGED: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    DEVICES: lambda: load_crds(DEVICES),
+    RULES: lambda: load_crds(RULES),
+    SEDNA_CRDS: load_sedna_crds,  # orbiter.collab's own package data
+}
 
-@pytest.mark.parametrize("name", [DEVICES, RULES])
+
+@pytest.mark.parametrize("name", list(PACKAGED))
 def test_packaged_crds_equal_deploy_crds(name: str) -> None:
     deployed = [d for d in yaml.safe_load_all((REPO / "deploy" / "crds" / name).read_text()) if d]
-    assert load_crds(name) == deployed
+    assert PACKAGED[name]() == deployed
     assert {crd["kind"] for crd in deployed} == {"CustomResourceDefinition"}
 
 

@@ -305,3 +305,32 @@ def test_the_server_stays_usable_after_an_oversized_body(
     # Just under the limit is fine (the limit is on the body, as in kube-apiserver).
     fits = configmap("fits", data={"big": "x" * (1024 * 1024)})
     assert raw.json("POST", CONFIGMAPS, fits, expect=201)["metadata"]["name"] == "fits"
+
+
+@pytest.mark.parametrize("validation", ["", "Warn", "Ignore"])
+def test_unknown_fields_are_pruned_with_a_warning_header(
+    validation: str, server: ServerThread, raw: RawClient
+) -> None:
+    """fieldValidation Warn (the default) prunes and says so in a ``Warning: 299`` header, the
+    way kubectl --validate=warn reports it; Ignore prunes silently."""
+    install_sensor_crd(raw)
+    query = f"?fieldValidation={validation}" if validation else ""
+    warned = validation != "Ignore"
+
+    resp = raw.request("POST", SENSORS + query, body(sensor(colour="red")))
+    assert resp.status == 201, resp.body[:500]
+    assert "colour" not in resp.json()["spec"]
+    assert resp.headers.get("Warning") == (
+        '299 - "unknown field \\"spec.colour\\""' if warned else None
+    )
+    resp = raw.request("PATCH", f"{SENSORS}/s1{query}", body({"spec": {"size": 3}}),
+                       content_type="application/merge-patch+json")  # fmt: skip
+    assert resp.status == 200, resp.body[:500]
+    assert "size" not in resp.json()["spec"]
+    assert resp.headers.get("Warning") == (
+        '299 - "unknown field \\"spec.size\\""' if warned else None
+    )
+    # A write with nothing unknown has no warning.
+    resp = raw.request("PATCH", f"{SENSORS}/s1{query}", body({"spec": {"unit": "percent"}}),
+                       content_type="application/merge-patch+json")  # fmt: skip
+    assert resp.status == 200 and "Warning" not in resp.headers

@@ -87,6 +87,11 @@ def test_cloud_restarts_on_its_data_dir(
         {"metadata": {"name": "kept"}, "data": {"k": "v"}}, expect=201,
     )  # fmt: skip
     ca = (tmp_path / "data" / "ca.crt").read_bytes()
+    # orbiter cloud installs the sedna.io CRDs at start (orbiter.collab's kinds).
+    sedna = first.client().json("GET", "/apis/sedna.io/v1alpha1")
+    assert "jointinferenceservices" in {r["name"] for r in sedna["resources"]}
+    crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/jointinferenceservices.sedna.io"
+    version = first.client().json("GET", crd)["metadata"]["resourceVersion"]
     assert first.terminate() == 0
 
     second = start_cloud(tmp_path / "data")
@@ -95,4 +100,6 @@ def test_cloud_restarts_on_its_data_dir(
     assert config["clusters"][0]["cluster"]["server"] == second.url
     got = second.client().json("GET", "/api/v1/namespaces/default/configmaps/kept")
     assert got["data"] == {"k": "v"}
+    # Unchanged CRDs are not rewritten at a restart.
+    assert second.client().json("GET", crd)["metadata"]["resourceVersion"] == version
     assert second.terminate() == 0

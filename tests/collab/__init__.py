@@ -1,0 +1,1 @@
+"""Tests of orbiter.collab: the sedna.io CRDs, controllers and the worker SDK."""
