@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     cloud = sub.add_parser(
         "cloud",
         help="run the API server and the cloud controllers",
-        description="Run the Kubernetes-compatible API server and the cloud controllers. "
+        description="Run the Kubernetes-compatible API server and the cloud controllers "
+        "(the AI global manager's included). "
         "Writes DIR/kubeconfig (admin) holding the address it listens on.",
     )
     cloud.add_argument(
@@ -291,6 +292,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 
 async def _run_cloud(args: argparse.Namespace) -> int:
+    from .collab import globalmanager
     from .collab.apis import load_sedna_crds
     from .orchestration.cloud.running import Cloud
 
@@ -305,7 +307,9 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         node_cert_days=args.node_cert_days,
         sync_period=args.sync_period,
         router_port=args.router_port,
-        crds=load_sedna_crds(),  # the layers above orchestration bring their own kinds
+        # The layers above orchestration bring their own kinds and controllers.
+        crds=load_sedna_crds(),
+        controllers=globalmanager.controllers(),
     )
     await cloud.start()
     assert cloud.hub is not None and cloud.join is not None

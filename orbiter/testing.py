@@ -37,9 +37,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .collab import globalmanager
 from .collab.apis import load_sedna_crds
 from .orchestration.client import NODES, LocalClient
-from .orchestration.cloud import running
+from .orchestration.cloud import ControllerFactory, running
 from .orchestration.cloud.joining import create_join_token
 from .orchestration.edge.core import EdgeCore
 from .orchestration.edge.joining import join
@@ -51,21 +52,32 @@ __all__ = ["Cloud", "CloudThread", "Cluster", "ClusterThread", "node_ready"]
 
 
 class Cloud(running.Cloud):
-    """The orchestration ``Cloud`` plus the CRDs of the layers above it (the sedna.io kinds),
-    as ``orbiter cloud`` starts it; ``crds`` replaces that list."""
+    """The orchestration ``Cloud`` plus the CRDs and controllers of the layers above it (the
+    sedna.io kinds and the global manager), as ``orbiter cloud`` starts it; ``crds`` and
+    ``controllers`` replace those lists. Replacing the CRDs drops the default controllers
+    too: they watch the sedna.io kinds, which must be served when they start."""
 
     def __init__(
         self,
         data_dir: str | os.PathLike[str],
         *,
         crds: Iterable[dict[str, Any]] | None = None,
+        controllers: Iterable[ControllerFactory] | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(data_dir, crds=load_sedna_crds() if crds is None else crds, **options)
+        if controllers is None:
+            controllers = globalmanager.controllers() if crds is None else ()
+        super().__init__(
+            data_dir,
+            crds=load_sedna_crds() if crds is None else crds,
+            controllers=controllers,
+            **options,
+        )
 
 
 class CloudThread:
-    """A ``Cloud`` (all ports picked free) on its own event loop in a background thread."""
+    """A ``Cloud`` (all ports picked free) on its own event loop in a background thread;
+    ``controllers`` as ``Cloud``'s (``()``: none of the layers above orchestration)."""
 
     def __init__(
         self,
@@ -74,6 +86,7 @@ class CloudThread:
         store_url: str | None = None,
         bookmark_interval: float = 1.0,
         start_timeout: float = 30.0,
+        controllers: Iterable[ControllerFactory] | None = None,
     ) -> None:
         self.cloud = Cloud(
             data_dir,
@@ -83,6 +96,7 @@ class CloudThread:
             join_port=0,
             router_port=0,
             bookmark_interval=bookmark_interval,
+            controllers=controllers,
         )
         self._timeout = start_timeout
         self._loop = asyncio.new_event_loop()

@@ -1,10 +1,11 @@
 """The cloud core: the built-in controllers (deployments, replica sets, garbage collection,
 namespaces, service accounts, the scheduler, node lifecycle), run together by
-``ControllerManager`` over any ``Client``."""
+``ControllerManager`` over any ``Client``, with any ``ControllerFactory`` a higher layer adds."""
 
 from .controlling import (
     SERVICES,
     Controller,
+    ControllerFactory,
     ControllerManager,
     Informers,
     NamespaceIndex,
@@ -23,6 +24,7 @@ __all__ = [
     "NAMESPACED_RESOURCES",
     "SERVICES",
     "Controller",
+    "ControllerFactory",
     "ControllerManager",
     "DeploymentController",
     "GarbageCollector",

@@ -480,6 +480,10 @@ async def _patch_owners(
 
 # --- the manager -----------------------------------------------------------------------------
 
+# Builds one more controller on the manager's client and shared informers (a class whose
+# constructor takes ``(client, informers)`` is one): how layers above this one add theirs.
+ControllerFactory = Callable[[Client, Informers], Controller[Any]]
+
 
 class ControllerManager:
     """Runs the cloud's built-in controllers over one client: deployments, replica sets,
@@ -487,6 +491,10 @@ class ControllerManager:
 
     ``resync``: seconds between full re-queues of every controller's keys.
     ``node_grace_period``, ``pod_eviction_timeout``: see ``NodeLifecycleController``.
+    ``extra``: factories of more controllers, built after the built-in ones on the same
+    informers and started and stopped with them. ``builtin=False`` runs only those (against
+    a real Kubernetes cluster, whose own controllers do the rest). The informers an extra
+    controller asks for must be listable when the manager starts (install CRDs first).
     """
 
     def __init__(
@@ -498,6 +506,8 @@ class ControllerManager:
         sync_timeout: float | None = 60.0,
         node_grace_period: float = 40.0,
         pod_eviction_timeout: float = 300.0,
+        extra: Iterable[ControllerFactory] = (),
+        builtin: bool = True,
     ) -> None:
         self.client = client
         self.workers = workers
@@ -505,6 +515,8 @@ class ControllerManager:
         self.sync_timeout = sync_timeout
         self.node_grace_period = node_grace_period
         self.pod_eviction_timeout = pod_eviction_timeout
+        self.extra = list(extra)  # an iterator would be spent by the first start
+        self.builtin = builtin
         self.informers: Informers | None = None
         self.controllers: list[Controller[Any]] = []
 
@@ -528,20 +540,23 @@ class ControllerManager:
             ServiceAccountController,
             Scheduler,
         ]
-        self.controllers = [
-            kind(self.client, informers, workers=self.workers, resync=self.resync) for kind in kinds
-        ]
-        self.controllers.append(
-            NodeLifecycleController(
-                self.client,
-                informers,
-                workers=self.workers,
-                resync=self.resync,
-                grace_period=self.node_grace_period,
-                eviction_timeout=self.pod_eviction_timeout,
+        if self.builtin:
+            self.controllers = [
+                kind(self.client, informers, workers=self.workers, resync=self.resync)
+                for kind in kinds
+            ]
+            self.controllers.append(
+                NodeLifecycleController(
+                    self.client,
+                    informers,
+                    workers=self.workers,
+                    resync=self.resync,
+                    grace_period=self.node_grace_period,
+                    eviction_timeout=self.pod_eviction_timeout,
+                )
             )
-        )
         try:
+            self.controllers += [factory(self.client, informers) for factory in self.extra]
             async with asyncio.timeout(self.sync_timeout):
                 await informers.start()
             for controller in self.controllers:

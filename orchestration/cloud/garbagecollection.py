@@ -30,6 +30,7 @@ from ..client import (
     SECRETS,
     SERVICEACCOUNTS,
     Client,
+    Informer,
     NotFoundError,
     Resource,
 )
@@ -107,6 +108,9 @@ class GarbageCollector(Controller[GCKey]):
         self._finalizing: set[ObjectKey] = set()  # deleting with orphan/foreground finalizers
         self._absent: set[str] = set()
         self._custom: dict[str, Resource] = {}  # CRD name -> the resource watched for it
+        # Custom resources whose informer another controller made (and owns): hooked once,
+        # never discarded here.
+        self._shared: set[Resource] = set()
         for res in self.resources:
             self._watch(res)
         self.crds = informers(CRDS) if custom_resources else None
@@ -210,16 +214,29 @@ class GarbageCollector(Controller[GCKey]):
         if current is not None:
             del self._custom[name]
             await self._unwatch(current)
-        if res is None or res in self.informers:
+        if res is None or res in self.resources:
             return
         # Kept after the CRD goes: a reference to its kind then reads as a missing owner.
         self._kinds[(res.group, res.kind)] = res
         self._custom[name] = res
+        if res in self.informers:
+            # Another controller's informer (e.g. the AI controllers' on their own kinds): it
+            # may have listed already, so index what it holds; events after this come here.
+            informer = self.informers(res)
+            if res not in self._shared:
+                self._shared.add(res)
+                self._watch(res)
+            for obj in informer.items():
+                self._on_object(res, "ADDED", obj)
+            return
         self._watch(res)
         await self.informers(res).start()
 
     async def _unwatch(self, res: Resource) -> None:
-        informer = await self.informers.discard(res)
+        if res in self._shared:
+            informer: Informer | None = self.informers(res)  # its owner's: keep it running
+        else:
+            informer = await self.informers.discard(res)
         for obj in informer.items() if informer is not None else []:
             m = meta(obj)
             key = ObjectKey(res, m.get("namespace") or "", m.get("name", ""))

@@ -3,7 +3,8 @@
 The API server and its controllers; the join endpoint that signs node certificates; CloudHub,
 holding one mTLS WebSocket per edge node; the edge controller that syncs each node; and the
 router that carries KubeEdge's Rules between REST and the nodes' MQTT buses. Higher layers
-add their own CRDs (``crds``: the sedna.io kinds) without this layer knowing them.
+add their own CRDs (``crds``: the sedna.io kinds) and controllers (``controllers``: the AI
+global manager) without this layer knowing them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..apis import load_crds
 from ..apiserver import APIServer
 from ..client import NODES, LocalClient, NotFoundError
 from ..protocol import ERROR, GROUP_USER, RESPONSE, Message
-from .controlling import ControllerManager, Informers
+from .controlling import ControllerFactory, ControllerManager, Informers
 from .devicestatus import DeviceReports
 from .edgecontrol import EdgeController
 from .forwarding import WriteForwarding
@@ -53,9 +54,12 @@ class Cloud:
         node_cert_days: float = DEFAULT_CERT_DAYS,
         router_port: int = ROUTER_PORT,
         crds: Iterable[dict[str, Any]] = (),
+        controllers: Iterable[ControllerFactory] = (),
     ) -> None:
         """``crds``: more CustomResourceDefinitions to install (create or update) at every
-        start, after the built-in ones."""
+        start, after the built-in ones. ``controllers``: factories of more controllers, run by
+        the cloud's ``ControllerManager`` on its shared informers (their CRDs are installed
+        before they start)."""
         self.server = APIServer(
             data_dir,
             store_url=store_url,
@@ -70,6 +74,7 @@ class Cloud:
         self._node_cert_days = node_cert_days
         self._router_port = router_port
         self._crds = list(crds)  # an iterator would be spent by the first start
+        self._extra_controllers = list(controllers)
         self.router: Router | None = None
         self._router_informers: Informers | None = None
         self._client: LocalClient | None = None
@@ -87,7 +92,10 @@ class Cloud:
         try:
             client = self._client = LocalClient(self.server.api)
             await ensure_crds(client)
-            self._controllers = ControllerManager(client)
+            # Before the controllers: their informers list these kinds as they start.
+            await install_crds(client, load_crds(RULES_CRDS))
+            await install_crds(client, self._crds)
+            self._controllers = ControllerManager(client, extra=self._extra_controllers)
             await self._controllers.start()
             self.join = JoinServer(
                 self.server.data_dir,
@@ -114,8 +122,6 @@ class Cloud:
             self.server.api.pod_logs = self.logs.open
             self.edge = EdgeController(client, self.hub, sync_period=self._sync_period)
             await self.edge.start()
-            await install_crds(client, load_crds(RULES_CRDS))
-            await install_crds(client, self._crds)
             self._router_informers = Informers(client)
             self.router = Router(
                 client, self.hub, self._router_informers, host=self._listen, port=self._router_port

@@ -101,7 +101,8 @@ class Kubectl:
 
 @pytest.fixture
 def cloud(tmp_path: Path) -> Iterator[CloudThread]:
-    with CloudThread(tmp_path / "cloud") as c:
+    # Without the global manager: these tests write the services' status themselves.
+    with CloudThread(tmp_path / "cloud", controllers=()) as c:
         yield c
 
 

@@ -14,7 +14,7 @@ from orbiter.orchestration.client import (
     NotFoundError,
     Resource,
 )
-from orbiter.orchestration.cloud import ControllerManager
+from orbiter.orchestration.cloud import Controller, ControllerManager, Informers
 
 from .test_deployments import converged, deployment
 from .waiting import DeletionLog, eventually
@@ -178,3 +178,45 @@ async def test_custom_resources_as_dependents_and_owners(
         await gone(client, CONFIGMAPS, "child")
 
     await eventually(all_gone)
+
+
+class _WidgetWatcher(Controller[str]):
+    """A controller of a higher layer (as ``ControllerManager(extra=...)`` runs them) that
+    watches a custom kind through the shared informers before the collector sees its CRD."""
+
+    def __init__(self, client: Client, informers: Informers) -> None:
+        super().__init__(client, informers, resync=None)
+        informers(WIDGETS)
+
+    def keys(self) -> list[str]:
+        return []
+
+    async def reconcile(self, key: str) -> float | None:
+        return None
+
+
+async def test_custom_owners_whose_informer_another_controller_shares(client: Client) -> None:
+    await client.create(CRDS, widget_crd())
+    before = await client.create(WIDGETS, {"metadata": {"name": "before"}, "spec": {}}, NS)
+    child = {"metadata": {"name": "child-of-before", "ownerReferences": [ref(before)]}}
+    await client.create(CONFIGMAPS, child, NS)
+    async with ControllerManager(client, resync=None, extra=[_WidgetWatcher]) as manager:
+        assert any(isinstance(c, _WidgetWatcher) for c in manager.controllers)
+        # Listed by the shared informer before the collector hooked it: known all the same.
+        await client.delete(WIDGETS, "before", NS)
+        await eventually(lambda: gone(client, CONFIGMAPS, "child-of-before"))
+
+        after = await client.create(WIDGETS, {"metadata": {"name": "after"}, "spec": {}}, NS)
+        child = {"metadata": {"name": "child-of-after", "ownerReferences": [ref(after)]}}
+        await client.create(CONFIGMAPS, child, NS)
+        await client.delete(WIDGETS, "after", NS)
+        await eventually(lambda: gone(client, CONFIGMAPS, "child-of-after"))
+
+    # Only the extra controllers: the collector is not there to remove this one.
+    kept = await client.create(WIDGETS, {"metadata": {"name": "kept"}, "spec": {}}, NS)
+    child = {"metadata": {"name": "child-of-kept", "ownerReferences": [ref(kept)]}}
+    await client.create(CONFIGMAPS, child, NS)
+    async with ControllerManager(
+        client, resync=None, extra=[_WidgetWatcher], builtin=False
+    ) as manager:
+        assert [type(c) for c in manager.controllers] == [_WidgetWatcher]

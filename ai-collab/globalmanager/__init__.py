@@ -1,0 +1,33 @@
+"""The global manager (Sedna's GM): the cloud-side controllers of the sedna.io kinds.
+
+``orbiter cloud`` (and ``orbiter.testing``'s clouds) run them in the cloud's controller
+manager, on its shared informers. They use only the ``Client`` interface, so the same code
+runs against a real Kubernetes cluster (with the sedna.io CRDs installed), next to that
+cluster's own controllers::
+
+    from orbiter.collab.globalmanager import controllers
+    from orbiter.orchestration.client import KubeClient
+    from orbiter.orchestration.cloud import ControllerManager
+
+    async with ControllerManager(KubeClient.from_kubeconfig(), builtin=False, extra=controllers()):
+        ...
+
+Joint inference: :class:`JointInferenceController` (see :mod:`.jointinference`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from orbiter.orchestration.cloud import ControllerFactory
+
+from .jointinference import JointInferenceController
+from .workers import DEFAULT_LC_SERVER
+
+__all__ = ["DEFAULT_LC_SERVER", "JointInferenceController", "controllers"]
+
+
+def controllers(*, lc_server: str = DEFAULT_LC_SERVER) -> list[ControllerFactory]:
+    """The global manager's controllers, as factories for ``ControllerManager(extra=...)``
+    or ``Cloud(controllers=...)``. ``lc_server``: the local controller URL workers get."""
+    return [functools.partial(JointInferenceController, lc_server=lc_server)]
