@@ -258,6 +258,15 @@ def _edge_parser(sub: Any) -> None:
             metavar="HOST:PORT",
             help="use this MQTT broker (e.g. mosquitto) instead of the embedded one",
         )
+        action.add_argument(
+            "--lc-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="port of the local controller on 127.0.0.1, where AI workers report (default "
+            "9100, Sedna's, the global manager's LC_SERVER; or what DIR/edge.json says; 0 "
+            "picks a free one)",
+        )
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -310,6 +319,7 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         # The layers above orchestration bring their own kinds and controllers.
         crds=load_sedna_crds(),
         controllers=globalmanager.controllers(),
+        upstream=globalmanager.upstream_handlers(),
     )
     await cloud.start()
     assert cloud.hub is not None and cloud.join is not None
@@ -342,6 +352,8 @@ EDGE_CONFIG = "edge.json"
 async def _run_edge(args: argparse.Namespace) -> int:
     import json
 
+    from .collab.localcontroller import DEFAULT_PORT as LC_PORT
+    from .collab.localcontroller import LocalController, local_controller
     from .orchestration.edge.core import EdgeCore
     from .orchestration.edge.joining import JoinError, cloud_url, join
 
@@ -354,7 +366,7 @@ async def _run_edge(args: argparse.Namespace) -> int:
             print(f"orbiter edge join: {exc}", file=sys.stderr)
             return 1
         config = {"host": base.host, "join_port": base.port, "hub_port": args.hub_port}
-        for option in ("metaserver_port", "mqtt_port", "mqtt_broker"):
+        for option in ("metaserver_port", "mqtt_port", "mqtt_broker", "lc_port"):
             if getattr(args, option) is not None:
                 config[option] = getattr(args, option)
         config_path.write_text(json.dumps(config, indent=2) + "\n")
@@ -382,12 +394,23 @@ async def _run_edge(args: argparse.Namespace) -> int:
             args.mqtt_port if args.mqtt_port is not None else int(config.get("mqtt_port", 1883))
         ),
         mqtt_broker=args.mqtt_broker or config.get("mqtt_broker"),
+        # The AI layer's local controller, run inside the node (orchestration never knows it).
+        extensions=[
+            local_controller(
+                port=args.lc_port
+                if args.lc_port is not None
+                else int(config.get("lc_port", LC_PORT))
+            )
+        ],
     )
     await core.start()
     print(f"edge node {core.node_name}: cloud {core.cloud_url}", flush=True)
     print(f"MetaServer at {core.metaserver.url}", flush=True)
     mqtt_host, mqtt_port = core.devices.mqtt_address
     print(f"MQTT broker at {mqtt_host}:{mqtt_port}", flush=True)
+    for extension in core.extensions:
+        if isinstance(extension, LocalController):
+            print(f"local controller at {extension.url}", flush=True)
     try:
         await _until_signalled()
     finally:
@@ -543,6 +566,9 @@ class _Up:
                 argv = ["edge", "join", "--cloud", f"127.0.0.1:{join_port.group(1)}"]
                 argv += ["--token", token, "--name", name, "--hub-port", hub_port]
             argv += ["--data-dir", str(edge_dir), "--metaserver-port", "0", "--mqtt-port", "0"]
+            # Free ports: several nodes share this host (their workers' default LC_SERVER,
+            # :9100, does not reach them; status metrics need `orbiter edge` on real hosts).
+            argv += ["--lc-port", "0"]
             await self.spawn(name, argv)
         ready = await self.until_stopped(
             asyncio.wait_for(_nodes_ready(Path(info["kubeconfig"]), names), args.timeout)

@@ -39,10 +39,13 @@ from typing import Any, TypeVar
 
 from .collab import globalmanager
 from .collab.apis import load_sedna_crds
+from .collab.localcontroller import LocalController, local_controller
 from .orchestration.client import NODES, LocalClient
 from .orchestration.cloud import ControllerFactory, running
 from .orchestration.cloud.joining import create_join_token
+from .orchestration.cloud.running import UpstreamFactory
 from .orchestration.edge.core import EdgeCore
+from .orchestration.edge.extensions import EdgeExtensionFactory
 from .orchestration.edge.joining import join
 from .orchestration.edge.runtime import ImageSpec, ProcessRuntime
 
@@ -55,7 +58,8 @@ class Cloud(running.Cloud):
     """The orchestration ``Cloud`` plus the CRDs and controllers of the layers above it (the
     sedna.io kinds and the global manager), as ``orbiter cloud`` starts it; ``crds`` and
     ``controllers`` replace those lists. Replacing the CRDs drops the default controllers
-    too: they watch the sedna.io kinds, which must be served when they start."""
+    too: they watch the sedna.io kinds, which must be served when they start. ``upstream``
+    replaces the global manager's handlers of the local controllers' reports."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class Cloud(running.Cloud):
         *,
         crds: Iterable[dict[str, Any]] | None = None,
         controllers: Iterable[ControllerFactory] | None = None,
+        upstream: Mapping[str, UpstreamFactory] | None = None,
         **options: Any,
     ) -> None:
         if controllers is None:
@@ -71,6 +76,7 @@ class Cloud(running.Cloud):
             data_dir,
             crds=load_sedna_crds() if crds is None else crds,
             controllers=controllers,
+            upstream=globalmanager.upstream_handlers() if upstream is None else upstream,
             **options,
         )
 
@@ -160,6 +166,12 @@ class Cluster:
     On exit every node is shut down with its pods (``grace`` seconds each; ``0`` kills at
     once), then the cloud stops: no process, thread or task is left behind, including pods
     of nodes stopped with ``stop_edge``.
+
+    ``upstream`` replaces the cloud's upstream handlers and ``extensions`` what the nodes
+    run inside (as ``Cloud``'s and ``EdgeCore``'s). By default each node runs the AI local
+    controller on a free port (``lc_port(node)``). The workers
+    the global manager starts get its default ``LC_SERVER`` (``http://localhost:9100``), which
+    does not reach it: tests post reports to ``lc_port(node)`` themselves.
     """
 
     def __init__(
@@ -176,6 +188,8 @@ class Cluster:
         grace: float | None = 0.0,
         node_cert_days: float = 365.0,
         mqtt_broker: str | None = None,
+        upstream: Mapping[str, UpstreamFactory] | None = None,
+        extensions: Iterable[EdgeExtensionFactory] | None = None,
     ) -> None:
         if edges < 0:
             raise ValueError(f"edges must be >= 0, not {edges}")
@@ -186,6 +200,7 @@ class Cluster:
         self._status_interval = status_interval
         self._grace = grace
         self._mqtt_broker = mqtt_broker
+        self._extensions = None if extensions is None else list(extensions)
         self._cloud = Cloud(
             self.data_dir / "cloud",
             store_url=store_url,
@@ -197,6 +212,7 @@ class Cluster:
             sync_period=sync_period,
             node_cert_days=node_cert_days,
             router_port=0,
+            upstream=upstream,
         )
         self._edges: list[EdgeCore] = []
         self._client: LocalClient | None = None
@@ -229,6 +245,15 @@ class Cluster:
         if self._client is None:
             raise RuntimeError("the cluster is not running")
         return self._client
+
+    def lc_port(self, node: str) -> int:
+        """The port node ``node``'s running local controller listens on (127.0.0.1)."""
+        for edge in self._edges:
+            if edge.node_name == node:
+                for extension in edge.extensions:
+                    if isinstance(extension, LocalController):
+                        return extension.port
+        raise LookupError(f"node {node!r} runs no local controller")
 
     def edge_dir(self, i: int) -> Path:
         return self.data_dir / f"edge-{i}"
@@ -332,6 +357,7 @@ class Cluster:
             status_interval=self._status_interval,
             images=self._images,
             join_address=f"127.0.0.1:{self._cloud.join.port}",
+            extensions=[local_controller(port=0)] if self._extensions is None else self._extensions,
         )
 
 

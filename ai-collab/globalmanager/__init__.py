@@ -12,7 +12,9 @@ cluster's own controllers::
     async with ControllerManager(KubeClient.from_kubeconfig(), builtin=False, extra=controllers()):
         ...
 
-Joint inference: :class:`JointInferenceController` (see :mod:`.jointinference`).
+Joint inference: :class:`JointInferenceController` (see :mod:`.jointinference`). The local
+controllers' reports become the services' ``status.metrics`` through the cloud's upstream
+handlers (:func:`upstream_handlers`, for ``Cloud(upstream=...)``; see :mod:`.reports`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ import functools
 from orbiter.orchestration.cloud import ControllerFactory
 
 from .jointinference import JointInferenceController
+from .reports import LocalControllerReports, upstream_handlers
 from .workers import DEFAULT_LC_SERVER
 
-__all__ = ["DEFAULT_LC_SERVER", "JointInferenceController", "controllers"]
+__all__ = [
+    "DEFAULT_LC_SERVER",
+    "JointInferenceController",
+    "LocalControllerReports",
+    "controllers",
+    "upstream_handlers",
+]
 
 
 def controllers(*, lc_server: str = DEFAULT_LC_SERVER) -> list[ControllerFactory]:

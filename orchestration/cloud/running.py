@@ -4,7 +4,8 @@ The API server and its controllers; the join endpoint that signs node certificat
 holding one mTLS WebSocket per edge node; the edge controller that syncs each node; and the
 router that carries KubeEdge's Rules between REST and the nodes' MQTT buses. Higher layers
 add their own CRDs (``crds``: the sedna.io kinds) and controllers (``controllers``: the AI
-global manager) without this layer knowing them.
+global manager) without this layer knowing them, and handlers of the upstream messages their
+edge extensions send (``upstream``: source name → factory of ``(node, message) -> reply``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ..apis import RULES as RULES_CRDS
 from ..apis import load_crds
 from ..apiserver import APIServer
-from ..client import NODES, LocalClient, NotFoundError
-from ..protocol import ERROR, GROUP_USER, RESPONSE, Message
+from ..client import NODES, Client, LocalClient, NotFoundError
+from ..protocol import BUILTIN_SOURCES, ERROR, GROUP_USER, RESPONSE, Message
 from .controlling import ControllerFactory, ControllerManager, Informers
 from .devicestatus import DeviceReports
 from .edgecontrol import EdgeController
@@ -34,7 +35,16 @@ from .router import DEFAULT_PORT as ROUTER_PORT
 from .router import Router
 from .sessions import NodeNotConnected
 
+__all__ = ["Cloud", "UpstreamFactory", "UpstreamHandler"]
+
 log = logging.getLogger(__name__)
+
+# Answers the node's message (the reply's parent_msg_id is its msg_id, which acknowledges the
+# node's outbox row): ``message.response(...)``, or ``message.error(reason)`` for a refusal;
+# None leaves it unanswered, so the node sends it again after its ack timeout.
+UpstreamHandler = Callable[[str, Message], Awaitable[Message | None]]
+# Built at each start with the cloud's client (which exists only from then on).
+UpstreamFactory = Callable[[Client], UpstreamHandler]
 
 
 class Cloud:
@@ -55,11 +65,19 @@ class Cloud:
         router_port: int = ROUTER_PORT,
         crds: Iterable[dict[str, Any]] = (),
         controllers: Iterable[ControllerFactory] = (),
+        upstream: Mapping[str, UpstreamFactory] | None = None,
     ) -> None:
         """``crds``: more CustomResourceDefinitions to install (create or update) at every
         start, after the built-in ones. ``controllers``: factories of more controllers, run by
         the cloud's ``ControllerManager`` on its shared informers (their CRDs are installed
-        before they start)."""
+        before they start). ``upstream``: the messages whose source is a key go to the handler
+        its factory builds (with the cloud's client) at start; the handler's reply is sent
+        back to the node."""
+        reserved = BUILTIN_SOURCES & set(upstream or {})
+        if reserved:
+            raise ValueError(f"upstream sources {sorted(reserved)} are the built-in modules'")
+        self._upstream_factories = dict(upstream or {})
+        self._upstream_handlers: dict[str, UpstreamHandler] = {}
         self.server = APIServer(
             data_dir,
             store_url=store_url,
@@ -115,6 +133,9 @@ class Cloud:
                 keepalive_timeout=self._keepalive_timeout,
             )
             self._reports = NodeReports(client)
+            self._upstream_handlers = {
+                source: factory(client) for source, factory in self._upstream_factories.items()
+            }
             self._devices = DeviceReports(client)
             self._writes = WriteForwarding(self.server.api)
             self.logs = PodLogStreams(self.hub)
@@ -181,10 +202,23 @@ class Cloud:
 
     async def _upstream(self, node: str, message: Message) -> None:
         """Log replies go to their streams (before the edge controller, which would take a
-        response for an ACK); writes forwarded by the node's MetaServer to WriteForwarding;
-        device reports to DeviceReports; node reports to NodeReports; the rest to the edge
-        controller."""
+        response for an ACK); messages from a source in ``upstream`` to its handler; writes
+        forwarded by the node's MetaServer to WriteForwarding; device reports to DeviceReports;
+        node reports to NodeReports; the rest to the edge controller."""
         if self.logs is not None and self.logs.handle(node, message):
+            return
+        handler = self._upstream_handlers.get(message.source)
+        if handler is not None and message.operation not in (RESPONSE, ERROR):
+            # Before the others: a registered source is never a built-in one.
+            try:
+                answer = await handler(node, message)
+            except Exception:
+                log.exception("the %s handler failed on %s", message.source, message.resource)
+                answer = message.error("internal error", source=message.source)
+            assert self.hub is not None
+            if answer is not None:
+                with contextlib.suppress(NodeNotConnected):
+                    await self.hub.send(node, answer)
             return
         if message.operation not in (RESPONSE, ERROR) and WriteForwarding.handles(message):
             assert self._writes is not None and self.hub is not None

@@ -39,12 +39,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..protocol import (
+    BUILTIN_SOURCES,
     ERROR,
     GROUP_RESOURCE,
     GROUP_USER,
@@ -59,6 +60,12 @@ from ..protocol import (
 from ..store import SQLiteStore
 from .applying import Applier
 from .devices import DEFAULT_MQTT_PORT, Devices
+from .extensions import (
+    EdgeContext,
+    EdgeExtension,
+    EdgeExtensionFactory,
+    outbox_key,
+)
 from .hub import EdgeHub, NotConnected, events_url
 from .joining import CertificateRotator, NodeCredentials
 from .metamanager import MetaManager, load_or_create_key
@@ -82,7 +89,9 @@ class EdgeCore:
     ``cloud_url`` is CloudHub's ``wss://HOST:PORT`` (the KubeEdge events path is added when
     it has none); ``join_address`` (``HOST:PORT`` of the join endpoint) enables certificate
     rotation. ``stop()`` leaves the pods running for the next EdgeCore to adopt;
-    ``shutdown()`` stops them first.
+    ``shutdown()`` stops them first. ``extensions``: factories of what layers above run
+    inside the node (see :mod:`.extensions`), built at each start and listed in
+    ``extensions`` while it runs.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class EdgeCore:
         mqtt_port: int = DEFAULT_MQTT_PORT,
         mqtt_broker: str | None = None,
         dmi_socket: Path | str | None = None,
+        extensions: Iterable[EdgeExtensionFactory] = (),
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.credentials = NodeCredentials.load(self.data_dir)
@@ -152,6 +162,8 @@ class EdgeCore:
             connected=lambda: self.hub.connected,
             forward_timeout=forward_timeout,
         )
+        self._extension_factories = list(extensions)  # built anew at each start
+        self.extensions: list[EdgeExtension] = []
         self._rotator: CertificateRotator | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -198,12 +210,26 @@ class EdgeCore:
                 self.credentials, self._join_address, on_rotated=self._rotated
             )
             self._rotator.start()
+        # Last: an extension may report at once, and its reports need the outbox and link.
+        context = EdgeContext(
+            self.node_name, self.data_dir, self._report, asyncio.get_running_loop()
+        )
+        for factory in self._extension_factories:
+            extension = factory(context)
+            self.extensions.append(extension)  # listed before start: stop() stops it too
+            await extension.start()
 
     async def stop(self) -> None:
         """Stop everything but the pods: their processes keep running (edge autonomy)."""
         if not self._started:
             return
         self._started = False
+        extensions, self.extensions = self.extensions, []
+        for extension in reversed(extensions):  # first: they may still report
+            try:
+                await extension.stop()
+            except Exception:
+                log.exception("edge node %s: an extension failed to stop", self.node_name)
         if self._rotator is not None:
             await self._rotator.stop()
         await self.hub.stop()
@@ -330,6 +356,12 @@ class EdgeCore:
             return
         self.outbox.put(key, message, first=first)
         self._wake.set()
+
+    def _report(self, key: str, source: str, content: dict[str, Any]) -> None:
+        """``EdgeContext.report``: an extension's report, through the outbox."""
+        if source in BUILTIN_SOURCES:
+            raise ValueError(f"source {source!r} is EdgeCore's own")
+        self._enqueue(outbox_key(key), Message(source, GROUP_RESOURCE, UPDATE, key, content))
 
     def _pod_status_changed(self, uid: str, status: dict[str, Any]) -> None:
         meta = self.pods.identity(uid)

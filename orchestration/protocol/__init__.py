@@ -1,6 +1,7 @@
 """What cloud and edge say to each other: KubeEdge's message envelope."""
 
 from .messages import (
+    BUILTIN_SOURCES,
     DELETE,
     ERROR,
     GROUP_META,
@@ -22,6 +23,7 @@ from .messages import (
 )
 
 __all__ = [
+    "BUILTIN_SOURCES",
     "DELETE",
     "ERROR",
     "GROUP_META",

@@ -24,6 +24,12 @@ RESPONSE, ERROR, KEEPALIVE, UPLOAD = "response", "error", "keepalive", "upload"
 # Groups.
 GROUP_RESOURCE, GROUP_TWIN, GROUP_USER, GROUP_META = "resource", "twin", "user", "meta"
 
+# The sources a node's built-in modules send as. Extensions (EdgeCore's and the cloud's
+# ``upstream`` handlers) use other names, so the cloud never mistakes one for the other.
+BUILTIN_SOURCES = frozenset(
+    {"edged", "metaserver", "metamanager", "eventbus", "twin", "edgestream", "devicecontroller"}
+)
+
 
 class MessageError(ValueError):
     """A frame that is not a valid message; the message says what is wrong."""

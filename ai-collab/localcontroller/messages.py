@@ -1,0 +1,18 @@
+"""What the local controller sends the global manager (one place for both ends).
+
+Each message is an ``update`` from source :data:`SOURCE` whose resource (and outbox key) is
+``sedna/<ownerKind>/<namespace>/<ownerName>``, so only the owner's latest summary is pending;
+its content is ``{ownerKind, namespace, ownerName, ownerInfo, workers}`` (``workers``: how many
+worker reports the summary covers).
+"""
+
+from __future__ import annotations
+
+__all__ = ["JOINT_INFERENCE", "SOURCE", "report_key"]
+
+SOURCE = "sedna"  # the source name the GM's upstream handler is registered under
+JOINT_INFERENCE = "jointinferenceservice"  # Sedna's lower-cased ownerKind
+
+
+def report_key(owner_kind: str, namespace: str, owner_name: str) -> str:
+    return f"sedna/{owner_kind}/{namespace}/{owner_name}"

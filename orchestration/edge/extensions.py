@@ -1,0 +1,46 @@
+"""Extensions: what layers above orchestration run inside EdgeCore (e.g. the AI local
+controller), without this layer knowing them.
+
+An extension is built by its factory from an :class:`EdgeContext` when EdgeCore starts (after
+its store and outbox are up) and stopped first when EdgeCore stops. ``context.report(key,
+source, content)`` puts ``content`` in the node's durable outbox: one row per ``key`` (a newer
+report replaces a pending one), sent when the link is up, kept across restarts and offline
+periods until the cloud answers it. The cloud hands it to the upstream handler registered for
+``source`` (``Cloud(upstream=...)``); the message is ``update`` in group ``resource`` with
+``resource`` = ``key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["EdgeContext", "EdgeExtension", "EdgeExtensionFactory", "outbox_key"]
+
+
+def outbox_key(key: str) -> str:
+    """The outbox row of an extension's ``key``: its own namespace, so it never coalesces
+    with (or replaces) a built-in report."""
+    return f"extension/{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeContext:
+    """What an extension gets from the EdgeCore that runs it."""
+
+    node_name: str
+    data_dir: Path  # the node's data dir; an extension keeps its files under it
+    report: Callable[[str, str, dict[str, Any]], None]  # (key, source, content), never blocks
+    loop: asyncio.AbstractEventLoop
+
+
+class EdgeExtension(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+EdgeExtensionFactory = Callable[[EdgeContext], EdgeExtension]
