@@ -197,6 +197,12 @@ class OnnxEstimator:
         assert self._session is not None
         return self._session
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session (loaded now if need be): its ``get_inputs()`` and
+        ``get_outputs()`` describe the model, e.g. for a server's metadata."""
+        return self._ready()
+
     def predict(self, data: Any, **kwargs: Any) -> np.ndarray:
         session = self._ready()
         x = np.ascontiguousarray(_features(data), dtype=self._dtype)

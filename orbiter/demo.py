@@ -1,4 +1,6 @@
-"""``orbiter demo``: start a cloud, apply the examples with kubectl and show the result."""
+"""``orbiter demo``: start a cloud, apply the examples with kubectl and show the result; then
+the joint-inference story (:mod:`orbiter.demo_joint`): a cloud and an edge node serving the
+digits models as a JointInferenceService, with accuracy, upload ratio, latency and a plot."""
 
 from __future__ import annotations
 
@@ -47,6 +49,21 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="orbiter-demo-")
         data_dir = Path(temp.name)
+    try:
+        _kubectl_story(data_dir, examples)
+        from .demo_joint import run_joint_inference
+
+        run_joint_inference(data_dir / "joint-inference", interactive=sys.stdin.isatty())
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if temp is not None:
+            temp.cleanup()
+
+
+def _kubectl_story(data_dir: Path, examples: Path) -> None:
+    """A cloud of its own (``orbiter cloud``), the examples applied with kubectl."""
     kubeconfig = data_dir / "kubeconfig"
     print(f"Starting the Orbiter cloud (data dir {data_dir}) ...", flush=True)
     proc = subprocess.Popen(
@@ -85,20 +102,8 @@ def run_demo(data_dir: Path | None = None, examples: Path = EXAMPLES) -> int:
         _kubectl(kubeconfig, "get", "sensors")
         _kubectl(kubeconfig, "scale", "deployment/thermo", "--replicas=3")
         _kubectl(kubeconfig, "get", "pods", "-l", "app=thermo")
-        print("\nPods stay Pending: no edge node has joined yet.", flush=True)
-        if sys.stdin.isatty():
-            print(
-                "The cloud keeps running until you press Ctrl-C; in another shell:\n"
-                f"  export KUBECONFIG={kubeconfig}\n  kubectl get all",
-                flush=True,
-            )
-            proc.wait()
-        return 0
-    except KeyboardInterrupt:
-        return 0
+        print("\nPods stay Pending: no edge node has joined this cloud.", flush=True)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        if temp is not None:
-            temp.cleanup()

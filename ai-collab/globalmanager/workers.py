@@ -14,7 +14,8 @@ Environment (Sedna's names) added to every container of a worker:
 - all: ``NAMESPACE``, ``SERVICE_NAME``, ``WORKER_NAME`` (the pod's own name, through the
   downward API: unique per replica, where Sedna put one random name in the template),
   ``LC_SERVER`` (the local controller, default ``http://localhost:9100``);
-- cloud: ``MODEL_URL`` (the cloud Model's ``spec.url``), ``BIG_MODEL_BIND_PORT``;
+- cloud: ``MODEL_URL`` (the cloud Model's ``spec.url``), ``BIG_MODEL_BIND_PORT``,
+  ``BIG_MODEL_NAME`` (the Model's name: the edge asks for it under that name);
 - edge: ``MODEL_URL`` (the edge Model's), ``BIG_MODEL_IP``, ``BIG_MODEL_PORT``,
   ``BIG_MODEL_NAME`` (the cloud Model's name, under which the cloud worker serves it),
   ``HEM_NAME``, ``HEM_PARAMETERS`` (the spec's ``[{key, value}]`` list as JSON).
@@ -167,7 +168,12 @@ def deployment(
     env = _env(service, lc_server)
     env.append({"name": "MODEL_URL", "value": str((model.get("spec") or {}).get("url", ""))})
     if kind == CLOUD:
-        env.append({"name": "BIG_MODEL_BIND_PORT", "value": port})
+        # The name it serves the model under: the edge asks for the same one.
+        served = str((model.get("metadata") or {}).get("name", ""))
+        env += [
+            {"name": "BIG_MODEL_BIND_PORT", "value": port},
+            {"name": "BIG_MODEL_NAME", "value": served},
+        ]
     else:
         hem = spec.get("hardExampleMining") or {}
         parameters = hem.get("parameters") or []

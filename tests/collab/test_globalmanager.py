@@ -211,6 +211,7 @@ async def test_a_service_runs_its_workers_keeps_them_and_takes_them_away(tmp_pat
             "WORKER_NAME": worker_name,
             "MODEL_URL": "/models/big.onnx",
             "BIG_MODEL_BIND_PORT": "5000",
+            "BIG_MODEL_NAME": "big",  # served under the name the edge asks for
         }
         edge_env = {
             "input_shape": "416,736",
