@@ -566,8 +566,8 @@ class _Up:
                 argv = ["edge", "join", "--cloud", f"127.0.0.1:{join_port.group(1)}"]
                 argv += ["--token", token, "--name", name, "--hub-port", hub_port]
             argv += ["--data-dir", str(edge_dir), "--metaserver-port", "0", "--mqtt-port", "0"]
-            # Free ports: several nodes share this host (their workers' default LC_SERVER,
-            # :9100, does not reach them; status metrics need `orbiter edge` on real hosts).
+            # Free ports: several nodes share this host; each LC announces its URL, which the
+            # global manager gives the workers pinned (nodeName) to that node as LC_SERVER.
             argv += ["--lc-port", "0"]
             await self.spawn(name, argv)
         ready = await self.until_stopped(

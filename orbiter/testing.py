@@ -169,9 +169,8 @@ class Cluster:
 
     ``upstream`` replaces the cloud's upstream handlers and ``extensions`` what the nodes
     run inside (as ``Cloud``'s and ``EdgeCore``'s). By default each node runs the AI local
-    controller on a free port (``lc_port(node)``). The workers
-    the global manager starts get its default ``LC_SERVER`` (``http://localhost:9100``), which
-    does not reach it: tests post reports to ``lc_port(node)`` themselves.
+    controller on a free port (``lc_port(node)``); it announces its URL, so workers the
+    global manager pins to that node (``nodeName``) get it as ``LC_SERVER``.
     """
 
     def __init__(

@@ -51,6 +51,7 @@ from .workers import (
     CLOUD,
     DEFAULT_LC_SERVER,
     EDGE,
+    LC_SERVER_ANNOTATION,
     NAME_LABEL,
     SPEC_HASH,
     UID_LABEL,
@@ -58,6 +59,8 @@ from .workers import (
     cloud_service,
     deployment,
     deployment_name,
+    lc_server_of,
+    pinned_node,
     service_name,
     worker_spec,
 )
@@ -79,6 +82,10 @@ def _node_view(node: dict[str, Any] | None) -> tuple[Any, ...]:
         return ()
     status = node.get("status") or {}
     return (meta(node).get("labels"), status.get("allocatable"), status.get("capacity"))
+
+
+def _lc_server_view(node: dict[str, Any] | None) -> str | None:
+    return ((meta(node).get("annotations") or {}) if node else {}).get(LC_SERVER_ANNOTATION)
 
 
 def _env(deployment: dict[str, Any] | None, name: str) -> str | None:
@@ -167,6 +174,12 @@ class JointInferenceController(Controller[Key]):
     async def _on_node(self, etype: str, node: dict[str, Any], old: dict[str, Any] | None) -> None:
         if etype != "MODIFIED" or _node_view(node) != _node_view(old):
             self._retry_unplaced()
+        if _lc_server_view(node) != _lc_server_view(old):
+            # The node's LC moved (or announced itself): its workers get the new LC_SERVER.
+            name = meta(node).get("name")
+            for service in self.services.items():
+                if any(pinned_node(service, kind) == name for kind in (CLOUD, EDGE)):
+                    self.enqueue(_key(service))
 
     def _retry_unplaced(self) -> None:
         for key in self._unplaced:
@@ -202,12 +215,14 @@ class JointInferenceController(Controller[Key]):
             for kind in (CLOUD, EDGE)
         }
         desired = {
-            CLOUD: deployment(service, CLOUD, model=models[CLOUD], lc_server=self.lc_server),
+            CLOUD: deployment(
+                service, CLOUD, model=models[CLOUD], lc_server=self._lc_server(service, CLOUD)
+            ),
             EDGE: deployment(
                 service,
                 EDGE,
                 model=models[EDGE],
-                lc_server=self.lc_server,
+                lc_server=self._lc_server(service, EDGE),
                 big_model_ip=self._big_model_ip(service, current[EDGE]),
                 cloud_model=meta(models[CLOUD]).get("name", ""),
             ),
@@ -235,6 +250,12 @@ class JointInferenceController(Controller[Key]):
         if _hash(existing) != _hash(svc):
             await self._write(SERVICES, existing, svc)
         return None
+
+    def _lc_server(self, service: dict[str, Any], kind: str) -> str:
+        """The LC of the node the template pins (nodeName), else the default: a template
+        placed by nodeSelector could land anywhere, so it gets the one shared default."""
+        node = pinned_node(service, kind)
+        return lc_server_of(self.nodes.get(node) if node else None, self.lc_server)
 
     def _big_model_ip(self, service: dict[str, Any], edge: dict[str, Any] | None) -> str:
         """The cloud worker pod's IP; else what the edge worker was given; else the

@@ -16,23 +16,38 @@ without a manager yet is acknowledged and dropped with a log line; malformed con
 ``error`` (the node drops it too: sending it again would not help); an API server failure
 (5xx) goes unanswered, so the node sends it again. With edge workers of one service on several
 nodes, the latest node's summary is what the status shows (Sedna overwrote per worker).
+
+The LC's own announcement (content ``{"kind": "localcontroller", "url"}``, see
+:mod:`orbiter.collab.localcontroller.messages`) is recorded on the reporting node as the
+annotation :data:`LC_SERVER_ANNOTATION` (a merge patch), which the JI controller gives that
+node's workers as ``LC_SERVER``. Only ``http://127.0.0.1:<port>`` or
+``http://localhost:<port>`` is accepted (else an ``error``): a node may say where its own LC
+listens, never point workers (and their reports) at another host.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from orbiter.orchestration.client import PODS, Client, ClientError, NotFoundError
+from orbiter.orchestration.client import NODES, PODS, Client, ClientError, NotFoundError
 from orbiter.orchestration.cloud.running import UpstreamFactory
 from orbiter.orchestration.protocol import UPDATE, Message
 
 from ..apis import JOINT_INFERENCE_SERVICES
-from ..localcontroller.messages import JOINT_INFERENCE, SOURCE
-from .workers import EDGE, NAME_LABEL, WORKER_TYPE_LABEL
+from ..localcontroller.messages import JOINT_INFERENCE, LC_KIND, SOURCE
+from .workers import EDGE, LC_SERVER_ANNOTATION, NAME_LABEL, WORKER_TYPE_LABEL
 
-__all__ = ["METRICS", "LocalControllerReports", "metrics", "upstream_handlers"]
+__all__ = [
+    "LC_SERVER_ANNOTATION",
+    "METRICS",
+    "LocalControllerReports",
+    "loopback_url",
+    "metrics",
+    "upstream_handlers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +58,15 @@ METRICS = (
     "cloudCallNumber",
     "fallbackNumber",
 )
+
+# A loopback URL with an explicit port, nothing else: the node's workers reach it on the node.
+_LOOPBACK_URL = re.compile(r"http://(127\.0\.0\.1|localhost):([1-9][0-9]{0,4})")
+
+
+def loopback_url(url: Any) -> bool:
+    """Whether ``url`` is ``http://127.0.0.1:<port>`` or ``http://localhost:<port>``."""
+    found = _LOOPBACK_URL.fullmatch(url) if isinstance(url, str) else None
+    return found is not None and int(found.group(2)) < 65536
 
 
 def upstream_handlers() -> dict[str, UpstreamFactory]:
@@ -60,6 +84,8 @@ class LocalControllerReports:
         content = message.content
         if message.operation != UPDATE or not isinstance(content, dict):
             return message.error("bad request: an update with an object content", source=SOURCE)
+        if content.get("kind") == LC_KIND:
+            return await self._lc_server(node, message, content.get("url"))
         kind, ns, name = (content.get(k) for k in ("ownerKind", "namespace", "ownerName"))
         info = content.get("ownerInfo")
         if not all(isinstance(v, str) and v for v in (kind, ns, name)) or not isinstance(
@@ -97,6 +123,27 @@ class LocalControllerReports:
             log.warning("node %s: the metrics of %s/%s were not written: %s", node, ns, name, exc)
             if exc.status >= 500:
                 return None  # unanswered: the node sends it again after its ack timeout
+            return message.error(f"{exc.reason}: {exc.message}", source=SOURCE)
+        return message.response("OK", source=SOURCE)
+
+    async def _lc_server(self, node: str, message: Message, url: Any) -> Message | None:
+        if not loopback_url(url):
+            log.warning("node %s: refused local controller URL %r", node, url)
+            return message.error(
+                "forbidden: the local controller URL must be http://127.0.0.1:<port> or "
+                "http://localhost:<port>",
+                source=SOURCE,
+            )
+        body = {"metadata": {"annotations": {LC_SERVER_ANNOTATION: url}}}
+        try:
+            await self.client.patch(NODES, node, body, patch_type="merge")
+        except NotFoundError:
+            log.info("node %s: not found, its local controller URL was dropped", node)
+            return message.response("not found", source=SOURCE)
+        except ClientError as exc:
+            log.warning("node %s: its local controller URL was not written: %s", node, exc)
+            if exc.status >= 500:
+                return None  # unanswered: the node sends it again
             return message.error(f"{exc.reason}: {exc.message}", source=SOURCE)
         return message.response("OK", source=SOURCE)
 

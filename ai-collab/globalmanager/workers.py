@@ -13,7 +13,9 @@ Environment (Sedna's names) added to every container of a worker:
 
 - all: ``NAMESPACE``, ``SERVICE_NAME``, ``WORKER_NAME`` (the pod's own name, through the
   downward API: unique per replica, where Sedna put one random name in the template),
-  ``LC_SERVER`` (the local controller, default ``http://localhost:9100``);
+  ``LC_SERVER`` (the local controller: for a template pinned to a node by ``nodeName``, the
+  URL that node's LC announced, its annotation :data:`LC_SERVER_ANNOTATION`; else, e.g.
+  placed by ``nodeSelector``, the controller's default ``http://localhost:9100``);
 - cloud: ``MODEL_URL`` (the cloud Model's ``spec.url``), ``BIG_MODEL_BIND_PORT``,
   ``BIG_MODEL_NAME`` (the Model's name: the edge asks for it under that name);
 - edge: ``MODEL_URL`` (the edge Model's), ``BIG_MODEL_IP``, ``BIG_MODEL_PORT``,
@@ -47,6 +49,7 @@ __all__ = [
     "DEFAULT_LC_SERVER",
     "DEFAULT_PORT",
     "EDGE",
+    "LC_SERVER_ANNOTATION",
     "NAME_LABEL",
     "PORT_NAME",
     "SPEC_HASH",
@@ -56,6 +59,8 @@ __all__ = [
     "cloud_service",
     "deployment",
     "deployment_name",
+    "lc_server_of",
+    "pinned_node",
     "service_name",
     "worker_labels",
     "worker_spec",
@@ -72,6 +77,7 @@ SPEC_HASH = f"{PREFIX}/spec-hash"
 DEFAULT_PORT = 5000
 PORT_NAME = "tcp-0"
 DEFAULT_LC_SERVER = "http://localhost:9100"
+LC_SERVER_ANNOTATION = "sedna.io/lc-server"  # on a Node: where its local controller listens
 
 
 def _meta(obj: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +134,19 @@ def bind_port(service: dict[str, Any]) -> int:
             f"cloudWorker.template: BIG_MODEL_BIND_PORT={value!r} is not a port number"
         )
     return port
+
+
+def pinned_node(service: dict[str, Any], kind: str) -> str | None:
+    """The node ``kind``'s template names in ``spec.nodeName``, if any."""
+    template = worker_spec(service, kind).get("template") or {}
+    node = (template.get("spec") or {}).get("nodeName")
+    return node if isinstance(node, str) and node else None
+
+
+def lc_server_of(node: dict[str, Any] | None, default: str) -> str:
+    """The LC URL a node announced (annotation), else ``default``."""
+    found = (_meta(node or {}).get("annotations") or {}).get(LC_SERVER_ANNOTATION)
+    return found if isinstance(found, str) and found else default
 
 
 def _hash(spec: dict[str, Any]) -> str:

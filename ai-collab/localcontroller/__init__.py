@@ -11,7 +11,7 @@ outbox (see :mod:`.server`)::
 
 from __future__ import annotations
 
-from .messages import JOINT_INFERENCE, SOURCE, report_key
+from .messages import JOINT_INFERENCE, LC_KEY, LC_KIND, SOURCE, report_key
 from .server import (
     DEFAULT_PORT,
     MAX_BODY,
@@ -24,6 +24,8 @@ from .store import ReportStore
 __all__ = [
     "DEFAULT_PORT",
     "JOINT_INFERENCE",
+    "LC_KEY",
+    "LC_KIND",
     "MAX_BODY",
     "SOURCE",
     "LocalController",

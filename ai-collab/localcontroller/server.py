@@ -10,7 +10,8 @@ Each accepted report replaces its worker's previous one in the node's SQLite sto
 ``jointinferenceservice`` the counters of every worker of that service on this node are summed
 (``uploadCloudRatio`` averaged, weighted by ``inferenceNumber``) and the summary goes upstream
 through the node's durable outbox (:mod:`.messages`). Reports of other owner kinds are stored
-and acknowledged only: their managers come later.
+and acknowledged only: their managers come later. On start the LC reports its own URL too
+(:data:`.messages.LC_KEY`), which the GM gives this node's workers as ``LC_SERVER``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 from aiohttp import web
 from orbiter.orchestration.edge.extensions import EdgeContext, EdgeExtensionFactory
 
-from .messages import JOINT_INFERENCE, SOURCE, report_key
+from .messages import JOINT_INFERENCE, LC_KEY, LC_KIND, SOURCE, report_key
 from .store import ReportStore
 
 __all__ = [
@@ -97,6 +98,11 @@ class LocalController:
             raise
         self._runner = runner
         log.info("node %s: local controller at %s", self.context.node_name, self.url)
+        # Durable (the outbox keeps the latest per key): with a free port, the GM can only
+        # point this node's workers here (LC_SERVER) if it is told where "here" is.
+        # Workers share the node's network: a wildcard bind is reached on the loopback.
+        url = f"http://127.0.0.1:{self.port}" if self.host in ("", "0.0.0.0") else self.url
+        self.context.report(LC_KEY, SOURCE, {"kind": LC_KIND, "url": url})
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

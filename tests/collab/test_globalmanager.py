@@ -40,6 +40,7 @@ SLEEP = ["python", "-c", "import time; time.sleep(3600)"]
 PREFIX = "jointinferenceservice.sedna.io"
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "sedna"
 KUBECTL = "/usr/bin/kubectl"
+LC_ANNOTATION = "sedna.io/lc-server"  # where a node's local controller listens
 HAVE_KUBECTL = Path(KUBECTL).exists()
 
 
@@ -152,6 +153,18 @@ def running_pod(client: Client, kind: str) -> Callable[[], Awaitable[dict[str, A
     return check
 
 
+async def lc_announced(cluster: Cluster, node: str) -> str:
+    """The node's LC URL once the GM recorded it on the Node (what its workers are given)."""
+    url = f"http://127.0.0.1:{cluster.lc_port(node)}"
+
+    async def check() -> bool:
+        found = await cluster.client.get(NODES, node)
+        return (found["metadata"].get("annotations") or {}).get(LC_ANNOTATION) == url
+
+    await until(check, f"{node}'s local controller URL on its Node", WAIT)
+    return url
+
+
 async def start_models(client: Client) -> None:
     await client.create(MODELS, model("little"), NS)
     await client.create(MODELS, model("big"), NS)
@@ -162,6 +175,8 @@ async def test_a_service_runs_its_workers_keeps_them_and_takes_them_away(tmp_pat
     async with Cluster(tmp_path, edges=2) as cluster:
         await cluster.wait_ready(WAIT)
         client = cluster.client
+        # Each node's LC is on a free port: its workers are given that one (nodeName).
+        lc_edge_1 = await lc_announced(cluster, "edge-1")
         await start_models(client)
         user_env = [
             {"name": "input_shape", "value": "416,736"},
@@ -204,7 +219,7 @@ async def test_a_service_runs_its_workers_keeps_them_and_takes_them_away(tmp_pat
         assert svc["metadata"]["ownerReferences"][0]["uid"] == uid
 
         # Sedna's env, the user's kept (LC_SERVER too: the user's value wins).
-        common = {"NAMESPACE": NS, "SERVICE_NAME": JI, "LC_SERVER": "http://localhost:9100"}
+        common = {"NAMESPACE": NS, "SERVICE_NAME": JI, "LC_SERVER": lc_edge_1}
         worker_name = {"fieldRef": {"fieldPath": "metadata.name"}}
         assert env_of(cloud) == {
             **common,
@@ -300,6 +315,16 @@ async def test_a_service_runs_its_workers_keeps_them_and_takes_them_away(tmp_pat
 
         await until(hem_updated, "the edge Deployment given the new HEM", WAIT)
         assert (await client.get(JOINT_INFERENCE_SERVICES, JI, NS))["status"]["metrics"] == metrics
+
+        # A node's LC announcing a new URL reaches the workers pinned there (edge-1: cloud).
+        moved = "http://127.0.0.1:1"
+        await client.patch(NODES, "edge-1", {"metadata": {"annotations": {LC_ANNOTATION: moved}}})
+
+        async def lc_moved() -> bool:
+            env = env_of(await client.get(DEPLOYMENTS, f"{JI}-deployment-cloud", NS))
+            return bool(env["LC_SERVER"] == moved)
+
+        await until(lc_moved, "the cloud Deployment given the node's new LC_SERVER", WAIT)
 
         # Deleting the service takes its workers with it, processes included.
         await client.delete(JOINT_INFERENCE_SERVICES, JI, NS)

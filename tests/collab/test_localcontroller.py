@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 from orbiter.collab.apis import JOINT_INFERENCE_SERVICES
 from orbiter.collab.globalmanager import LocalControllerReports
+from orbiter.collab.globalmanager.workers import LC_SERVER_ANNOTATION
 from orbiter.collab.localcontroller import (
+    LC_KEY,
     MAX_BODY,
     SOURCE,
     LocalController,
@@ -91,6 +93,10 @@ async def test_the_http_contract_and_the_summary_sent_upstream(tmp_path: Path) -
     try:
         port = lc.port
         assert port != 0
+        # First it says where it listens (the GM gives that to this node's workers).
+        lc_url = {"kind": "localcontroller", "url": f"http://127.0.0.1:{port}"}
+        assert reports.sent == [(LC_KEY, SOURCE, lc_url)]
+        reports.sent.clear()
         assert await post(port, "w-1", body()) == (200, {"Status": "Success", "Message": "OK"})
         key = report_key(KIND, NS, JI)
         assert key == f"sedna/{KIND}/{NS}/{JI}"
@@ -177,6 +183,43 @@ async def test_the_gm_handler_never_crashes_on_bad_content() -> None:
         "edge-0", Message(SOURCE, "resource", UPDATE, "k", other | {"ownerInfo": {}})
     )
     assert reply is not None and reply.operation == "response"
+
+
+async def test_the_gm_records_a_loopback_lc_url_on_the_node_and_refuses_others() -> None:
+    patches: list[tuple[Any, ...]] = []
+
+    class API:
+        async def patch(self, *args: Any, **kwargs: Any) -> Any:
+            patches.append((*args, kwargs))
+            return {}
+
+    handler = LocalControllerReports(API())  # type: ignore[arg-type]
+
+    async def announce(url: Any) -> Message | None:
+        content = {"kind": "localcontroller", "url": url}
+        return await handler("edge-0", Message(SOURCE, "resource", UPDATE, LC_KEY, content))
+
+    for url in ("http://127.0.0.1:4242", "http://localhost:9100"):
+        reply = await announce(url)
+        assert reply is not None and reply.operation == "response", url
+        res, node, patch, kwargs = patches.pop()
+        assert (res.kind, node, kwargs) == ("Node", "edge-0", {"patch_type": "merge"})
+        assert patch == {"metadata": {"annotations": {LC_SERVER_ANNOTATION: url}}}
+    # A node must not point its workers (and their reports) at another host.
+    for bad in (
+        "http://10.0.0.1:9100",
+        "http://127.0.0.1",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:70000",
+        "https://127.0.0.1:9100",
+        "http://127.0.0.1:9100/x",
+        "http://localhost.evil:9100",
+        None,
+        9100,
+    ):
+        reply = await announce(bad)
+        assert reply is not None and reply.operation == "error", bad
+    assert patches == []
 
 
 # -- (b) end to end, (c) state across restarts -------------------------------------------------
