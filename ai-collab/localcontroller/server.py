@@ -19,13 +19,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 from orbiter.orchestration.edge.extensions import EdgeContext, EdgeExtensionFactory
+from orbiter.orchestration.protocol import listening_socket
 
 from .messages import JOINT_INFERENCE, LC_KEY, LC_KIND, SOURCE, report_key
 from .store import ReportStore
@@ -80,12 +80,8 @@ class LocalController:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+            sock = listening_socket(self.host, self.requested_port)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, self.requested_port))
-                sock.listen(128)
-                sock.setblocking(False)
                 self.port = sock.getsockname()[1]
                 await web.SockSite(runner, sock).start()
             except BaseException:

@@ -7,13 +7,13 @@ import base64
 import logging
 import os
 import secrets
-import socket
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
 
+from ..protocol import listening_socket
 from ..store import Store, open_store
 from .certificates import CertificateAuthority, serving_context, serving_hosts
 from .customresources import CustomResources
@@ -127,7 +127,7 @@ class APIServer:
                 frontend.app(), access_log=None, shutdown_timeout=2.0, handler_cancellation=True
             )
             await self._runner.setup()
-            sock = _bind(self.listen, self.requested_port)
+            sock = listening_socket(self.listen, self.requested_port, backlog=1024)
             self.port = sock.getsockname()[1]
             frontend.server_address = f"{self.url.removeprefix('https://')}"
             site = web.SockSite(self._runner, sock, ssl_context=ssl_ctx)
@@ -222,13 +222,3 @@ class APIServer:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         tmp.replace(self.kubeconfig_path)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host or "0.0.0.0", port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from ..protocol import MAX_FRAME, Message
+from ..protocol import MAX_FRAME, Message, listening_socket
 from .sessions import UPSTREAM_OPERATIONS, Handler, NodeNotConnected, Session, log
 
 __all__ = [
@@ -137,7 +136,7 @@ class CloudHub:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._close_timeout)
         await self._runner.setup()
         try:
-            sock = _bind(self._host, self._requested_port)
+            sock = listening_socket(self._host, self._requested_port, backlog=1024)
             self.port = sock.getsockname()[1]
             await web.SockSite(self._runner, sock, ssl_context=self._ssl).start()
         except BaseException:
@@ -268,17 +267,3 @@ class CloudHub:
                     await result
             except Exception:
                 log.exception("connection callback %r failed for node %s", callback, node)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart on the same port
-        sock.bind((host or "0.0.0.0", port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..apiserver.certificates import CertificateAuthority, serving_hosts
+from ..protocol import listening_socket
 from ..protocol.tokens import (
     DEFAULT_JOIN_PORT,
     DEFAULT_TOKEN_TTL,
@@ -382,12 +382,7 @@ class JoinServer:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         try:
-            family = socket.AF_INET6 if ":" in self.listen else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.listen or "0.0.0.0", self.requested_port))
-            sock.listen(128)
-            sock.setblocking(False)
+            sock = listening_socket(self.listen, self.requested_port)
             self.port = sock.getsockname()[1]
             await web.SockSite(self._runner, sock, ssl_context=ssl_ctx).start()
         except BaseException:

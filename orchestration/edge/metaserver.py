@@ -22,7 +22,6 @@ import ipaddress
 import logging
 import platform
 import re
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -30,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from ..apis import BUILTIN_RESOURCES, ResourceType
+from ..protocol import listening_socket
 from ..store import CompactedError, WatchOverflowError
 from .metamanager import Change, MetaManager, SecretsError
 
@@ -285,13 +285,8 @@ class MetaServer:
         )
         await runner.setup()
         try:
-            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = listening_socket(self.host, self.requested_port)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, self.requested_port))
-                sock.listen(128)
-                sock.setblocking(False)
                 self.port = sock.getsockname()[1]
                 await web.SockSite(runner, sock).start()
             except BaseException:

@@ -1,5 +1,6 @@
 """What cloud and edge say to each other: KubeEdge's message envelope."""
 
+from .listening import listening_socket
 from .messages import (
     BUILTIN_SOURCES,
     DELETE,
@@ -40,6 +41,7 @@ __all__ = [
     "UPLOAD",
     "Message",
     "MessageError",
+    "listening_socket",
     "parse_resource",
     "resource_path",
 ]

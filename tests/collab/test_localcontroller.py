@@ -25,14 +25,13 @@ from orbiter.collab.localcontroller import (
 )
 from orbiter.collab.reporting import Reporter
 from orbiter.orchestration.client import Client
-from orbiter.orchestration.edge.core import EdgeCore
 from orbiter.orchestration.edge.extensions import EdgeContext
 from orbiter.orchestration.protocol import UPDATE, Message
 
 from orbiter.testing import Cluster
 
 from ..converging import until
-from ..orchestration.test_autonomy import HEARTBEAT, RECONNECT, STATUS_INTERVAL, Proxy
+from ..orchestration.test_autonomy import ProxiedCluster, Proxy
 from .test_globalmanager import JI, NS, WAIT, condition, service, start_models
 
 KIND = "jointinferenceservice"
@@ -313,36 +312,14 @@ async def test_worker_reports_become_the_service_metrics_and_survive_restarts(
 # -- (d) reports made while the cloud is unreachable -------------------------------------------
 
 
-class ProxiedLCCluster(Cluster):
-    """Edges that dial CloudHub through ``proxy`` (so the test can cut the link), with an LC."""
-
-    def __init__(self, data_dir: Path, proxy: Proxy, **options: Any) -> None:
-        super().__init__(data_dir, **options)
-        self.proxy = proxy
-
-    def _edge(self, i: int) -> EdgeCore:
-        assert self.cloud.hub is not None and self.cloud.join is not None
-        self.proxy.target_port = self.cloud.hub.port
-        return EdgeCore(
-            self.edge_dir(i),
-            cloud_url=f"wss://127.0.0.1:{self.proxy.port}",
-            node_name=f"edge-{i}",
-            metaserver_port=0,
-            mqtt_port=0,
-            heartbeat=HEARTBEAT,
-            status_interval=STATUS_INTERVAL,
-            reconnect_backoff=RECONNECT,
-            join_address=f"127.0.0.1:{self.cloud.join.port}",
-            extensions=[local_controller(port=0)],
-        )
-
-
 @pytest.mark.slow
 async def test_reports_made_while_cut_off_arrive_when_the_link_is_back(tmp_path: Path) -> None:
     proxy = Proxy()
     await proxy.start()
     try:
-        async with ProxiedLCCluster(tmp_path / "c", proxy, edges=1) as cluster:
+        async with ProxiedCluster(
+            tmp_path / "c", proxy, edges=1, extensions=[local_controller(port=0)]
+        ) as cluster:
             await cluster.wait_ready(WAIT)
             client = cluster.client
             await start_models(client)

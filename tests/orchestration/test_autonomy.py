@@ -183,6 +183,8 @@ class ProxiedCluster(Cluster):
             status_interval=STATUS_INTERVAL,
             reconnect_backoff=RECONNECT,
             join_address=f"127.0.0.1:{self.cloud.join.port}",
+            # Only what the test asks for: these tests are about the node's own autonomy.
+            extensions=self._extensions or (),
         )
 
 
