@@ -39,6 +39,8 @@ __all__ = [
     "big_model_server",
 ]
 
+MAX_REPLY = 64 * 1024 * 1024  # bytes read from the big model per answer, at most
+
 # Open Inference Protocol datatypes <-> numpy (BYTES is not a numeric tensor: not sent here).
 _DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -240,7 +242,10 @@ class CloudClient:
             conn.endheaders(body)
             self._arm(deadline)
             response = conn.getresponse()
-            payload = response.read()
+            payload = response.read(MAX_REPLY + 1)
+            if len(payload) > MAX_REPLY:  # the cloud's reply is a peer's size: never unbounded
+                self._drop()
+                raise CloudError(f"{self._where()}: reply over {MAX_REPLY} bytes")
             if response.will_close:
                 self._drop()
         except _STALE:

@@ -358,6 +358,17 @@ async def test_cloud_client_errors() -> None:
         CloudClient("127.0.0.1", port, "")
 
 
+async def test_cloud_client_refuses_an_oversized_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orbiter.collab.cloud as cloud
+
+    monkeypatch.setattr(cloud, "MAX_REPLY", 64)  # a reply of 2 numbers is over 64 bytes of JSON
+    fake = FakeOipServer()
+    async with serve(fake.app) as port:
+        client = CloudClient("127.0.0.1", port, "double", timeout=5.0)
+        with client, pytest.raises(CloudError, match="reply over 64 bytes"):
+            await asyncio.to_thread(client.infer, np.ones((1, 2)))
+
+
 async def test_cloud_client_reconnects_when_the_server_dropped_the_idle_connection() -> None:
     fake = FakeOipServer()
     async with serve(fake.app) as port:
