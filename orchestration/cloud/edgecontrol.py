@@ -61,6 +61,7 @@ from .controlling import Informers, being_deleted, meta
 from .delivery import NoAckQueue, NodeQueue, Verdict, is_delete, resource_version
 from .installing import install_crds
 from .objectsyncs import ObjectSyncs, SyncRecord, ensure_crds, parse_rv
+from .sessions import ENVELOPED
 from .syncloop import SyncLoop
 
 log = logging.getLogger(__name__)
@@ -580,6 +581,10 @@ class EdgeController:
         return reply
 
     async def _reply(self, node: str, reply: Message) -> None:
+        if ENVELOPED.get():  # its answer is the envelope's ACK
+            if reply.operation == ERROR:
+                log.warning("node %s: refused %s: %s", node, reply.resource, reply.content)
+            return
         link = self._links.get(node)
         if link is not None:
             link.replies.enqueue(reply)

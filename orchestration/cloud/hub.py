@@ -19,7 +19,14 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 from ..protocol import MAX_FRAME, Message, listening_socket
-from .sessions import UPSTREAM_OPERATIONS, Handler, NodeNotConnected, Session, log
+from .sessions import (
+    UPSTREAM_OPERATIONS,
+    FrameHandler,
+    Handler,
+    NodeNotConnected,
+    Session,
+    log,
+)
 
 __all__ = [
     "UPSTREAM_OPERATIONS",
@@ -73,6 +80,7 @@ class CloudHub:
         send_timeout: float = 10.0,
         close_timeout: float = 5.0,
         allowed_operations: Mapping[str, frozenset[str]] = UPSTREAM_OPERATIONS,
+        frames: FrameHandler | None = None,
     ) -> None:
         if ssl_context.verify_mode != ssl.CERT_REQUIRED:
             # Nodes are identified by their certificates: an optional one is no identity.
@@ -87,6 +95,7 @@ class CloudHub:
         self._send_timeout = send_timeout
         self._close_timeout = close_timeout
         self._allowed = allowed_operations
+        self.frames = frames  # store-and-forward envelopes (binary frames), if anyone takes them
         self._sessions: dict[str, Session] = {}
         self._on_connect: list[NodeCallback] = []
         self._on_disconnect: list[NodeCallback] = []
@@ -115,8 +124,9 @@ class CloudHub:
     def on_disconnect(self, callback: NodeCallback) -> None:
         self._on_disconnect.append(callback)
 
-    async def send(self, node: str, message: Message) -> None:
-        """Write one message to the node; ``NodeNotConnected`` if it has no session."""
+    async def send(self, node: str, message: Message | bytes) -> None:
+        """Write one message (or envelope frame) to the node; ``NodeNotConnected`` if it has
+        no session."""
         session = self._sessions.get(node)
         if session is None:
             raise NodeNotConnected(f"node {node} is not connected")
@@ -214,6 +224,7 @@ class CloudHub:
                 keepalive_timeout=self._keepalive_timeout,
                 max_frame=self._max_frame,
                 allowed=self._allowed,
+                frames=self.frames,
             )
         finally:
             if not ws.closed:

@@ -33,7 +33,8 @@ from .objectsyncs import ensure_crds
 from .podlogs import PodLogStreams
 from .router import DEFAULT_PORT as ROUTER_PORT
 from .router import Router
-from .sessions import NodeNotConnected
+from .sessions import ENVELOPED, NodeNotConnected
+from .storeforward import NodeSync
 
 __all__ = ["Cloud", "UpstreamFactory", "UpstreamHandler"]
 
@@ -99,6 +100,7 @@ class Cloud:
         self._controllers: ControllerManager | None = None
         self.join: JoinServer | None = None
         self.hub: CloudHub | None = None
+        self.sync: NodeSync | None = None
         self.edge: EdgeController | None = None
         self._reports: NodeReports | None = None
         self._devices: DeviceReports | None = None
@@ -132,6 +134,7 @@ class Cloud:
                 host=self._listen,
                 keepalive_timeout=self._keepalive_timeout,
             )
+            self.sync = NodeSync(self.hub, data / "sync", self._upstream)
             self._reports = NodeReports(client)
             self._upstream_handlers = {
                 source: factory(client) for source, factory in self._upstream_factories.items()
@@ -162,6 +165,9 @@ class Cloud:
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
+        if self.sync is not None:
+            await self.sync.close()
+            self.sync = None
         if self.router is not None:
             await self.router.stop()
             self.router = None
@@ -215,35 +221,36 @@ class Cloud:
             except Exception:
                 log.exception("the %s handler failed on %s", message.source, message.resource)
                 answer = message.error("internal error", source=message.source)
-            assert self.hub is not None
             if answer is not None:
-                with contextlib.suppress(NodeNotConnected):
-                    await self.hub.send(node, answer)
+                await self._answer(node, answer)
             return
         if message.operation not in (RESPONSE, ERROR) and WriteForwarding.handles(message):
-            assert self._writes is not None and self.hub is not None
-            answer = await self._writes.handle(node, message)
-            with contextlib.suppress(NodeNotConnected):
-                await self.hub.send(node, answer)
+            assert self._writes is not None
+            await self._answer(node, await self._writes.handle(node, message))
             return
         if message.group == GROUP_USER and message.operation not in (RESPONSE, ERROR):
-            assert self.router is not None and self.hub is not None
+            assert self.router is not None
             reply = await self.router.handle(node, message)
             if reply is not None:
-                with contextlib.suppress(NodeNotConnected):
-                    await self.hub.send(node, reply)
+                await self._answer(node, reply)
             return
         if message.operation not in (RESPONSE, ERROR) and DeviceReports.handles(message):
-            assert self._devices is not None and self.hub is not None
-            answer = await self._devices.handle(node, message)
-            with contextlib.suppress(NodeNotConnected):
-                await self.hub.send(node, answer)
+            assert self._devices is not None
+            await self._answer(node, await self._devices.handle(node, message))
             return
         if message.operation in (RESPONSE, ERROR) or not NodeReports.handles(message):
             assert self.edge is not None
             await self.edge.handle(node, message)
             return
-        assert self._reports is not None and self.hub is not None
-        reply = await self._reports.handle(node, message)
+        assert self._reports is not None
+        await self._answer(node, await self._reports.handle(node, message))
+
+    async def _answer(self, node: str, reply: Message) -> None:
+        """Send a handler's answer; an enveloped message's answer is its ACK instead."""
+        if ENVELOPED.get():
+            if reply.operation == ERROR:
+                log.warning("node %s: refused %s: %s", node, reply.resource, reply.content)
+            return
+        assert self.hub is not None
         with contextlib.suppress(NodeNotConnected):
             await self.hub.send(node, reply)

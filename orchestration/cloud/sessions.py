@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -35,6 +36,11 @@ from ..protocol import (
 log = logging.getLogger("orbiter.orchestration.cloud.hub")
 
 Handler = Callable[[str, Message], Awaitable[None]]
+FrameHandler = Callable[[str, bytes], Awaitable[None]]
+
+# Set while an enveloped (store-and-forward) message is applied: its answer is the envelope's
+# ACK, so handlers send no text reply (a slow uplink should not carry them).
+ENVELOPED: contextvars.ContextVar[bool] = contextvars.ContextVar("enveloped", default=False)
 
 # What an edge may send upstream, per group (kubeedge.md §2.3, §2.8). Anything else is a
 # protocol violation: a peer that speaks another dialect should be told, not half-served.
@@ -87,13 +93,17 @@ class Session:
         self._send_lock = asyncio.Lock()  # one writer at a time keeps frames whole and ordered
         self._closing = False
 
-    async def send(self, message: Message, deadline: float) -> None:
-        """Write one frame; a peer that cannot take it within ``deadline`` s is dropped."""
+    async def send(self, message: Message | bytes, deadline: float) -> None:
+        """Write one frame (a message as text, store-and-forward envelopes as binary); a peer
+        that cannot take it within ``deadline`` s is dropped."""
         if self._closing or self.ws.closed:
             raise NodeNotConnected(f"node {self.node} is not connected")
         try:
             async with self._send_lock, asyncio.timeout(deadline):
-                await self.ws.send_str(message.encode().decode())
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_str(message.encode().decode())
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             # A peer that cannot take a frame within the timeout is as good as gone.
             await self.close(f"send failed: {exc!r}", linger=_LINGER)
@@ -129,8 +139,12 @@ class Session:
         keepalive_timeout: float,
         max_frame: int,
         allowed: Mapping[str, frozenset[str]],
+        frames: FrameHandler | None = None,
     ) -> None:
-        """Read frames until the peer leaves, falls silent or breaks the protocol."""
+        """Read frames until the peer leaves, falls silent or breaks the protocol.
+
+        A binary frame starting with a zero byte is a store-and-forward envelope (its length
+        prefix; a JSON message starts with ``{``) and goes to ``frames``."""
         ws = self.ws
         while not self._closing:
             try:
@@ -141,7 +155,12 @@ class Session:
             except TimeoutError:
                 await self.close(f"no keepalive for {keepalive_timeout:g} s", linger=_LINGER)
                 return
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type is WSMsgType.BINARY and frames is not None and msg.data[:1] == b"\x00":
+                try:
+                    await frames(self.node, msg.data)
+                except Exception:
+                    log.exception("envelope handler failed on a frame from node %s", self.node)
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 message = await self._check(msg.data, max_frame, allowed)
                 if message is None:
                     return

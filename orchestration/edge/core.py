@@ -5,12 +5,14 @@ after the write committed (many written at once, answered in arrival order: ``Ap
 each committed pod (bound to this node) is then handed to the process runtime, a deleted one
 killed, and a changed ConfigMap or Secret re-syncs the pods that use it.
 
-Upstream, pod statuses, node status and Lease renewals go through the durable ``Outbox``,
-coalesced per object, so going offline (or restarting while offline) loses only superseded
-reports; each stays there until the cloud answers it (``response``, or ``error`` when it
-refused it), and is sent again after a reconnect or ``ack_timeout`` without an answer. On
-start the pods in MetaManager are handed to the runtime, which adopts their still-running
-processes: the node keeps working with no cloud at all (edge autonomy).
+Upstream, pod statuses, node status, Lease renewals, twin and extension reports go through
+the node's store-and-forward spool (``protocol.syncing``): committed before they count as
+sent, coalesced per object, so going offline (or restarting while offline) loses only
+superseded reports, drained by priority class when the link is up, each kept until the cloud
+acknowledges its ``(node, seq)`` and sent again after a reconnect or ``ack_timeout`` without
+an ACK; the cloud applies each once. They travel as envelopes in binary frames, the message
+inside unchanged. On start the pods in MetaManager are handed to the runtime, which adopts
+their still-running processes: the node keeps working with no cloud at all (edge autonomy).
 
 Upstream message shapes (all ``group: resource``):
 
@@ -21,8 +23,8 @@ Upstream message shapes (all ``group: resource``):
   ``spec.renewTime``, every ``status_interval``.
 * ``update <ns>/podstatus/<pod>`` (source ``edged``):
   ``{"metadata": {name, namespace, uid}, "status": PodStatus}``.
-* The cloud answers each of these with ``response`` or ``error`` whose ``parent_msg_id`` is
-  its ``msg_id``.
+* Each travels in an envelope (topic ``message``) and is answered by the envelope's ACK (a
+  refusal is logged by the cloud: sending it again would not help).
 * MetaServer writes, forwarded while online (source ``metaserver``): operation ``insert``
   (POST), ``update`` (PUT), ``patch`` (PATCH) or ``delete`` (DELETE), resource
   ``<ns>/<type>/<name>`` as far as the path names them, content ``{"method", "path",
@@ -39,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,8 @@ from ..protocol import (
     MessageError,
     parse_resource,
 )
+from ..protocol.envelopes import Priority
+from ..protocol.syncing import MESSAGE_TOPIC, SyncEndpoint, pump
 from ..store import SQLiteStore
 from .applying import Applier
 from .devices import DEFAULT_MQTT_PORT, Devices
@@ -66,12 +71,12 @@ from .extensions import (
     EdgeExtensionFactory,
     outbox_key,
 )
+from .forwarding import CloudForwarder
 from .hub import EdgeHub, NotConnected, events_url
 from .joining import CertificateRotator, NodeCredentials
 from .metamanager import MetaManager, load_or_create_key
 from .metaserver import DEFAULT_PORT, MetaServer
 from .nodestatus import LEASE_NAMESPACE, lease_object, node_object, node_status
-from .outbox import CloudForwarder, Outbox
 from .podlogs import PodLogServer
 from .runtime import CONFIGMAP, SECRET, BackoffPolicy, ImageSpec, ProcessRuntime
 
@@ -109,6 +114,8 @@ class EdgeCore:
         join_address: str | None = None,
         forward_timeout: float = 30.0,
         ack_timeout: float = 10.0,
+        spool_quota: int | None = 1024**3,
+        sync_window: int = 1024 * 1024,
         mqtt_port: int = DEFAULT_MQTT_PORT,
         mqtt_broker: str | None = None,
         dmi_socket: Path | str | None = None,
@@ -129,12 +136,15 @@ class EdgeCore:
         self._reconnect_backoff = reconnect_backoff
         self._join_address = join_address
         self._ack_timeout = ack_timeout
+        self._spool_quota = spool_quota
+        self._sync_window = sync_window
         self.store = SQLiteStore(str(self.data_dir / "edge.db"))
         self.meta = MetaManager(
             self.store, secret_key=load_or_create_key(self.data_dir / "secrets.key")
         )
         self.runtime = ProcessRuntime(self.data_dir / "runtime", images=images, backoff=backoff)
-        self.outbox: Outbox | None = None
+        self.sync: SyncEndpoint | None = None
+        self._registration: int | None = None  # the seq of the node's registration
         self.hub = EdgeHub(
             self.cloud_url,
             self._ssl_context,
@@ -142,6 +152,7 @@ class EdgeCore:
             handler=self._downstream,
             heartbeat=heartbeat,
             reconnect_backoff=reconnect_backoff,
+            frames=self._frame,
         )
         self.forwarder = CloudForwarder(self.hub, timeout=forward_timeout)
         self.pods = PodSyncer(self.meta, self.runtime, self.node_name)
@@ -149,7 +160,7 @@ class EdgeCore:
         self.devices = Devices(
             self.store,
             self.node_name,
-            upstream=self._enqueue,
+            upstream=self._device_report,
             dmi_socket=dmi_socket if dmi_socket is not None else self.data_dir / "dmi.sock",
             mqtt_port=mqtt_port,
             mqtt_broker=mqtt_broker,
@@ -191,7 +202,12 @@ class EdgeCore:
         )
 
     async def _start(self) -> None:
-        self.outbox = Outbox(self.data_dir / "outbox.db")
+        self.sync = SyncEndpoint(
+            self.node_name,
+            self.data_dir / "sync",
+            resend_after=self._ack_timeout,
+            quota_bytes=self._spool_quota,
+        )
         await self.store.start()
         self.runtime.on_status_change(self._pod_status_changed)
         await self.runtime.start()  # adopts the processes a previous EdgeCore left running
@@ -202,7 +218,7 @@ class EdgeCore:
         self.hub.on_connection(self._connection_changed)
         await self.hub.start()
         self._tasks = [
-            asyncio.create_task(self._flush_loop(), name="edgecore-outbox"),
+            asyncio.create_task(self._flush_loop(), name="edgecore-sync"),
             asyncio.create_task(self._status_loop(), name="edgecore-nodestatus"),
         ]
         if self._join_address is not None:
@@ -245,9 +261,9 @@ class EdgeCore:
         await self.devices.stop()
         await self.runtime.close()
         await self.store.close()
-        if self.outbox is not None:
-            self.outbox.close()
-            self.outbox = None
+        if self.sync is not None:
+            self.sync.close()
+            self.sync = None
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop every pod, then EdgeCore."""
@@ -282,12 +298,16 @@ class EdgeCore:
     # -- downstream ----------------------------------------------------------------------
 
     async def _downstream(self, message: Message) -> None:
-        if self._answered(message):
-            return  # the cloud's answer to an outbox message
         if self.forwarder.resolve(message):
             return  # the cloud's answer to a forwarded MetaServer write
         if self.podlogs.handle(message):
             return  # a kubectl logs stream (its own task)
+        if message.operation in (RESPONSE, ERROR):
+            # Reports are answered by envelope ACKs; a stray answer (an older cloud's, or
+            # one to a message since superseded) is nothing to apply.
+            if message.operation == ERROR:
+                log.warning("the cloud refused %s: %s", message.resource, message.content)
+            return
         if message.group == GROUP_USER:
             await self._routed(message)
             return
@@ -335,33 +355,62 @@ class EdgeCore:
             obj = await self.meta.get(namespace, kind, name)
             await self.devices.changed(kind, namespace, name, obj)
 
-    def _answered(self, reply: Message) -> bool:
-        """Drop the outbox row a ``response`` or ``error`` answers (an error too: the cloud
-        refused it, and sending it again would not help)."""
-        if self.outbox is None or reply.operation not in (RESPONSE, ERROR):
-            return False
-        key = self.outbox.acknowledge(reply.parent_msg_id)
-        if key is None:
-            return False
-        if reply.operation == ERROR:
-            log.warning("the cloud refused %s: %s", key, reply.content)
-        elif key == f"null/node/{self.node_name}":
+    async def _frame(self, data: bytes) -> None:
+        """A store-and-forward envelope from the cloud: ACKs for the spool, blobs, control."""
+        if self.sync is None:
+            return
+        self.sync.incoming_frame(data, time.time())
+        if self._registration is not None and self._registration not in self.sync.spool:
+            self._registration = None
             self._registered = True
-        return True
+        self._wake.set()  # ACKs free the window; receipts want acknowledging
 
     # -- upstream ------------------------------------------------------------------------
 
-    def _enqueue(self, key: str, message: Message, *, first: bool = False) -> None:
-        if self.outbox is None:
-            return
-        self.outbox.put(key, message, first=first)
+    def _enqueue(
+        self,
+        key: str,
+        message: Message,
+        *,
+        first: bool = False,
+        priority: Priority = Priority.STATUS,
+        ttl: float | None = None,
+        coalesce: bool = True,
+    ) -> int | None:
+        """Spool ``message`` for the cloud (committed before this returns). ``first``: the
+        node's registration, which later status patches depend on, goes as control."""
+        if self.sync is None:
+            return None
+        seq = self.sync.send(
+            MESSAGE_TOPIC,
+            message.encode(),
+            priority=Priority.CONTROL if first else priority,
+            now=time.time(),
+            key=key if coalesce else "",
+            ttl=ttl,
+        )
         self._wake.set()
+        return seq
 
-    def _report(self, key: str, source: str, content: dict[str, Any]) -> None:
-        """``EdgeContext.report``: an extension's report, through the outbox."""
+    def _device_report(self, key: str, message: Message) -> None:
+        """A twin's report: kept per key, like a status."""
+        self._enqueue(key, message)
+
+    def _report(
+        self,
+        key: str,
+        source: str,
+        content: dict[str, Any],
+        *,
+        priority: Priority = Priority.STATUS,
+        ttl: float | None = None,
+        coalesce: bool = True,
+    ) -> None:
+        """``EdgeContext.report``: an extension's report, through the spool."""
         if source in BUILTIN_SOURCES:
             raise ValueError(f"source {source!r} is EdgeCore's own")
-        self._enqueue(outbox_key(key), Message(source, GROUP_RESOURCE, UPDATE, key, content))
+        message = Message(source, GROUP_RESOURCE, UPDATE, key, content)
+        self._enqueue(outbox_key(key), message, priority=priority, ttl=ttl, coalesce=coalesce)
 
     def _pod_status_changed(self, uid: str, status: dict[str, Any]) -> None:
         meta = self.pods.identity(uid)
@@ -374,12 +423,13 @@ class EdgeCore:
     def _connection_changed(self, connected: bool) -> None:
         if not connected:
             self.podlogs.cancel_all()  # the cloud ended these streams when the link dropped
-        elif self.outbox is not None:
-            self.outbox.forget_sent()  # what the lost link carried may not have arrived
-        if connected and not self._registered:
+        if self.sync is not None:
+            # Down: what the lost link carried may not have arrived, it goes again.
+            (self.sync.link_up if connected else self.sync.link_down)()
+        if connected and not self._registered and self._registration is None:
             resource = f"null/node/{self.node_name}"
             node = node_object(self.node_name)
-            self._enqueue(
+            self._registration = self._enqueue(
                 resource, Message(SOURCE, GROUP_RESOURCE, INSERT, resource, node), first=True
             )
         self._wake.set()
@@ -395,27 +445,21 @@ class EdgeCore:
             await asyncio.sleep(self._status_interval)
 
     async def _flush_loop(self) -> None:
-        """Send the outbox, oldest first, whenever there is something and the link is up;
-        what the cloud has not answered by its deadline is sent again."""
-        outbox = self.outbox
-        assert outbox is not None
-        loop = asyncio.get_running_loop()
+        """While the link is up, drain the spool within the flow window (what is not
+        acknowledged within ``ack_timeout`` goes again); wait for the next link when it drops."""
         while True:
-            deadline = outbox.next_deadline() if self.hub.connected else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not self.hub.connected:
+            await self._wake.wait()
+            if not self.hub.connected or self.sync is None:
+                self._wake.clear()
                 continue  # woken again by the next connect
-            for item in outbox.due(loop.time()):
-                # Marked first: its answer may arrive while the send is still returning.
-                outbox.sent(item, loop.time() + self._ack_timeout)
-                try:
-                    await self.hub.send(item.message)
-                except NotConnected:
-                    outbox.forget_sent()  # the link is gone: all due again on the next one
-                    break
+            await pump(
+                self.sync,
+                self.hub.send,
+                self._wake,
+                window=self._sync_window,
+                clock=time.time,
+                resend_after=self._ack_timeout,
+            )
 
 
 def _events_url(url: str, node_name: str) -> str:

@@ -2,12 +2,15 @@
 controller), without this layer knowing them.
 
 An extension is built by its factory from an :class:`EdgeContext` when EdgeCore starts (after
-its store and outbox are up) and stopped first when EdgeCore stops. ``context.report(key,
-source, content)`` puts ``content`` in the node's durable outbox: one row per ``key`` (a newer
-report replaces a pending one), sent when the link is up, kept across restarts and offline
-periods until the cloud answers it. The cloud hands it to the upstream handler registered for
-``source`` (``Cloud(upstream=...)``); the message is ``update`` in group ``resource`` with
-``resource`` = ``key``.
+its store and spool are up) and stopped first when EdgeCore stops. ``context.report(key,
+source, content)`` puts ``content`` in the node's store-and-forward spool: one message per
+``key`` (a newer report replaces a pending one; ``coalesce=False`` keeps each, for events and
+results), sent when the link is up in ``priority`` order (``Priority.RESULT`` for inference
+results, ``Priority.BULK`` for bulk data; status by default), kept across restarts and offline
+periods until the cloud acknowledges it, or dropped (and counted) after ``ttl`` seconds. The
+cloud hands it, once, to the upstream handler registered for ``source``
+(``Cloud(upstream=...)``); the message is ``update`` in group ``resource`` with ``resource`` =
+``key``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["EdgeContext", "EdgeExtension", "EdgeExtensionFactory", "outbox_key"]
+from ..protocol.envelopes import Priority
+
+__all__ = ["EdgeContext", "EdgeExtension", "EdgeExtensionFactory", "Report", "outbox_key"]
 
 
 def outbox_key(key: str) -> str:
@@ -27,13 +32,26 @@ def outbox_key(key: str) -> str:
     return f"extension/{key}"
 
 
+class Report(Protocol):
+    def __call__(
+        self,
+        key: str,
+        source: str,
+        content: dict[str, Any],
+        *,
+        priority: Priority = ...,
+        ttl: float | None = ...,
+        coalesce: bool = ...,
+    ) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeContext:
     """What an extension gets from the EdgeCore that runs it."""
 
     node_name: str
     data_dir: Path  # the node's data dir; an extension keeps its files under it
-    report: Callable[[str, str, dict[str, Any]], None]  # (key, source, content), never blocks
+    report: Report  # (key, source, content), never blocks
     loop: asyncio.AbstractEventLoop
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PROJECT_ID = "e632aba927ea4ac2b575ec1603d56f10"  # KubeEdge's default
 
 Handler = Callable[[Message], Awaitable[None]]
+FrameHandler = Callable[[bytes], Awaitable[None]]
 ConnectionCallback = Callable[[bool], Awaitable[None] | None]
 SSLSource = ssl.SSLContext | Callable[[], ssl.SSLContext]
 
@@ -95,8 +96,10 @@ class EdgeHub:
         connect_timeout: float = 10.0,
         send_timeout: float = 10.0,
         random: Callable[[], float] = _random.random,
+        frames: FrameHandler | None = None,
     ) -> None:
         self.url = url
+        self.frames = frames  # store-and-forward envelopes: binary frames with a zero first byte
         self.node_name = node_name
         self._ssl = ssl_context
         self._handler = handler
@@ -127,13 +130,17 @@ class EdgeHub:
         """``callback(True)`` once the link is up, ``callback(False)`` once it is lost."""
         self._callbacks.append(callback)
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message | bytes) -> None:
+        """Send a message (text frame) or an envelope (binary frame)."""
         ws = self._ws
         if ws is None or ws.closed:
             raise NotConnected("the cloud is not connected")
         try:
             async with self._send_lock, asyncio.timeout(self._send_timeout):
-                await ws.send_str(message.encode().decode())
+                if isinstance(message, bytes):
+                    await ws.send_bytes(message)
+                else:
+                    await ws.send_str(message.encode().decode())
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             if not ws.closed:  # a closing link ends by itself; a stuck one is redialled
                 self._drop_connection()
@@ -256,6 +263,16 @@ class EdgeHub:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     break  # ERROR: aiohttp has closed the link (e.g. a frame over max_frame)
+                if (
+                    msg.type is aiohttp.WSMsgType.BINARY
+                    and self.frames is not None
+                    and msg.data[:1] == b"\x00"
+                ):
+                    try:
+                        await self.frames(msg.data)
+                    except Exception:
+                        log.exception("envelope handler failed")
+                    continue
                 try:
                     message = Message.decode(msg.data, max_size=self._max_frame)
                 except MessageError as exc:

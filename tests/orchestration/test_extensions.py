@@ -49,7 +49,7 @@ def handlers(received: list[tuple[str, Any]]) -> dict[str, Any]:
     return {"probe": factory}
 
 
-async def test_an_extension_reports_through_the_outbox_to_its_handler(tmp_path: Path) -> None:
+async def test_an_extension_reports_through_the_spool_to_its_handler(tmp_path: Path) -> None:
     Probe.instances.clear()
     received: list[tuple[str, Any]] = []
     async with Cluster(tmp_path, edges=1, upstream=handlers(received), extensions=[Probe]) as c:
@@ -64,19 +64,20 @@ async def test_an_extension_reports_through_the_outbox_to_its_handler(tmp_path: 
         await until(handled, "the extension's report at its handler")
 
         async def acknowledged() -> bool:
-            assert edge.outbox is not None
-            return edge.outbox.get(outbox_key("probe/hello")) is None
+            assert edge.sync is not None
+            return not edge.sync.spool.holds(outbox_key("probe/hello"))
 
-        await until(acknowledged, "the reply acknowledging the outbox row")
+        await until(acknowledged, "the ACK of the spooled report")
 
-        # A handler that fails answers with an error: the row goes, the cloud keeps working.
+        # A handler that fails: the report is acknowledged all the same (sending it again
+        # would fail again), and the cloud keeps working.
         probe.context.report("probe/crash", "probe", {"n": 1})
 
         async def crashed_and_dropped() -> bool:
-            assert edge.outbox is not None
-            return ("edge-0", {"n": 1}) in received and edge.outbox.get(
+            assert edge.sync is not None
+            return ("edge-0", {"n": 1}) in received and not edge.sync.spool.holds(
                 outbox_key("probe/crash")
-            ) is None
+            )
 
         await until(crashed_and_dropped, "the failed report dropped")
 

@@ -15,10 +15,12 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from orbiter.orchestration.apiserver.certificates import CertificateAuthority
 from orbiter.orchestration.cloud.hub import CloudHub, mtls_server_context
+from orbiter.orchestration.cloud.storeforward import NodeSync
 from orbiter.orchestration.edge.core import EdgeCore, _references
-from orbiter.orchestration.edge.outbox import Outbox, http_answer, request_resource
+from orbiter.orchestration.edge.forwarding import http_answer, request_resource
 from orbiter.orchestration.edge.runtime import BackoffPolicy, ProcessRuntime
 from orbiter.orchestration.protocol import KEEPALIVE, Message
+from orbiter.orchestration.protocol.envelopes import Envelope
 
 from .runtime.support import alive, eventually, processes_under
 
@@ -46,12 +48,18 @@ class ScriptedCloud:
         self.pki_dir = pki_dir
         self._ctx = mtls_server_context(crt, pem, pki_dir / "ca.crt")
         self.up: list[Message] = []
+        self.frames: list[Envelope] = []  # every envelope the node sent, ACKed or not
+        self.hold_acks = False  # True: envelopes are recorded, not applied nor acknowledged
         self._changed = asyncio.Event()
         self.hub: CloudHub | None = None
+        self.sync: NodeSync | None = None
         self.port = 0
 
     async def start(self) -> None:
         self.hub = CloudHub(self._ctx, handler=self._handle, port=self.port)
+        # Reports come up enveloped: unwrapped once each and handed to the same handler.
+        self.sync = NodeSync(self.hub, self.pki_dir / "sync", self._handle)
+        self.hub.frames = self._frame
         await self.hub.start()
         self.port = self.hub.port
 
@@ -59,12 +67,33 @@ class ScriptedCloud:
         if self.hub is not None:
             await self.hub.stop()
             self.hub = None
+        if self.sync is not None:
+            await self.sync.close()
+            self.sync = None
 
     async def _handle(self, node: str, message: Message) -> None:
         assert node == NODE
         if message.operation != KEEPALIVE:
             self.up.append(message)
             self._changed.set()
+
+    async def _frame(self, node: str, data: bytes) -> None:
+        self.frames.append(Envelope.decode(data))
+        self._changed.set()
+        if not self.hold_acks:
+            assert self.sync is not None
+            await self.sync.frame(node, data)
+
+    async def wait_for_frame(self, pred: Callable[[Envelope], bool], since: int = 0) -> Envelope:
+        checked = since
+        async with asyncio.timeout(WITHIN):
+            while True:
+                for envelope in self.frames[checked:]:
+                    if envelope.kind == "data" and pred(envelope):
+                        return envelope
+                checked = len(self.frames)
+                self._changed.clear()
+                await self._changed.wait()
 
     async def send(self, message: Message) -> None:
         assert self.hub is not None
@@ -84,6 +113,15 @@ class ScriptedCloud:
 
     def url(self) -> str:
         return f"wss://127.0.0.1:{self.port}"
+
+
+def enveloped(pred: Callable[[Message], bool]) -> Callable[[Envelope], bool]:
+    """``pred`` on the message an envelope carries."""
+    return lambda envelope: _holds(pred, Message.decode(envelope.payload))
+
+
+def position_of(cloud: ScriptedCloud, envelope: Envelope) -> int:
+    return next(i for i, e in enumerate(cloud.frames) if e is envelope)
 
 
 def _holds(pred: Callable[[Message], bool], message: Message) -> bool:
@@ -321,16 +359,17 @@ async def test_offline_restart_keeps_pods_and_queues_statuses(
     web_pid = running_pid(await cloud.wait_for(is_status("web", "Running")))
     await cloud.wait_for(is_status("job", "Running"))
 
-    # cut: the cloud goes away; the job finishes meanwhile, its status waits in the outbox
+    # cut: the cloud goes away; the job finishes meanwhile, its status waits in the spool
     await cloud.stop()
     await eventually(lambda: not core.connected or _fail())
     (rootfs(core, "uid-job") / "stop").touch()
-    assert core.outbox is not None
-    outbox = core.outbox
+    assert core.sync is not None
+    spool = core.sync.spool
 
     def job_done_queued() -> None:
-        queued = outbox.get("default/podstatus/job")
-        assert queued is not None and queued.content["status"]["phase"] == "Succeeded"
+        queued = spool.payload("default/podstatus/job")
+        assert queued is not None
+        assert Message.decode(queued).content["status"]["phase"] == "Succeeded"
 
     await eventually(job_done_queued)
     # restart while offline: same processes, local reads, refused writes
@@ -352,9 +391,10 @@ async def test_offline_restart_keeps_pods_and_queues_statuses(
             json={"metadata": {"name": "x"}},
         ) as resp:
             assert resp.status == 503
-    assert core.outbox is not None
-    rows = [p.key for p in core.outbox.pending()]
-    assert len(rows) == len(set(rows))  # one row per pod / node / lease
+    assert core.sync is not None
+    # Coalesced while offline: one message per pod, node and lease, however long it lasted.
+    keys = core.sync.spool.keys()
+    assert len(core.sync.spool) == len(keys) == len(set(keys))
 
     # the cloud comes back on the same port: the queue drains, latest status per pod
     mark = len(cloud.up)
@@ -366,56 +406,6 @@ async def test_offline_restart_keeps_pods_and_queues_statuses(
     assert core.connected
     assert alive(web_pid)
     assert core.runtime.pod_status("uid-web")["phase"] == "Running"
-
-
-async def test_outbox_coalesces_per_key_and_survives_reopen(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.db")
-    for n in range(3):
-        box.put("default/podstatus/a", down("update", "default/podstatus/a", {"n": n}))
-    box.put("default/podstatus/b", down("update", "default/podstatus/b", {"n": 0}))
-    seq = box.put("null/node/x", down("insert", "null/node/x", {}), first=True)
-    box.close()
-    box = Outbox(tmp_path / "outbox.db")
-    pending = box.pending()
-    assert [p.key for p in pending] == ["null/node/x", "default/podstatus/a", "default/podstatus/b"]
-    assert pending[1].message.content == {"n": 2}
-    box.put("null/node/x", down("insert", "null/node/x", {"new": True}))
-    assert not box.remove("null/node/x", seq)  # replaced meanwhile: the newer one stays
-    assert len(box) == 3
-    box.close()
-
-
-def test_outbox_keeps_rows_until_answered(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.db")
-    box.put("a", down("update", "default/podstatus/a", {"n": 0}))
-    box.put("b", down("update", "default/podstatus/b", {"n": 0}))
-    a, b = box.pending()
-    box.sent(a, deadline=10.0)
-    box.sent(b, deadline=20.0)
-    assert box.due(now=5.0) == [] and box.next_deadline() == 10.0
-    assert box.due(now=15.0) == [a]  # not answered in time: sent again
-    # a newer report supersedes the one in flight: it is due, and the old ACK keeps it
-    box.put("a", down("update", "default/podstatus/a", {"n": 1}))
-    (newer,) = box.due(now=5.0)
-    assert newer.message.content == {"n": 1}
-    assert box.acknowledge(a.message.msg_id) == "a"
-    assert box.get("a") == newer.message
-    box.sent(newer, deadline=10.0)
-    assert box.acknowledge(newer.message.msg_id) == "a"
-    assert box.acknowledge(b.message.msg_id) == "b"
-    assert len(box) == 0 and box.next_deadline() is None
-    assert box.acknowledge(b.message.msg_id) is None  # answered twice: nothing to drop
-    # a lost link: everything pending is due again, in order
-    box.put("c", down("update", "default/podstatus/c", {}))
-    box.put("d", down("update", "default/podstatus/d", {}))
-    for item in box.pending():
-        box.sent(item, deadline=10.0)
-    box.forget_sent()
-    assert [p.key for p in box.due(now=0.0)] == ["c", "d"]
-    c = box.pending()[0]
-    box.sent(c, deadline=10.0)
-    assert box.remove("c", c.seq) and box.next_deadline() is None  # no deadline left behind
-    box.close()
 
 
 def position(cloud: ScriptedCloud, message: Message) -> int:
@@ -433,63 +423,75 @@ async def settled(cloud: ScriptedCloud, core: EdgeCore) -> None:
 
 
 async def running_web(cloud: ScriptedCloud, core: EdgeCore) -> Message:
-    """Start pod ``web``; its Running status, as it is still queued in the outbox."""
+    """Start pod ``web``; its Running status as the cloud got it."""
     await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
     await deliver(cloud, core, down("insert", "default/configmap/cfg", configmap()))
     await deliver(cloud, core, down("insert", "default/pod/web", pod("web", "uid-web", APP)))
-    running = await cloud.wait_for(is_status("web", "Running"))
-    assert core.outbox is not None
-    assert core.outbox.get("default/podstatus/web") == running  # sent, not answered: kept
-    return running
+    return await cloud.wait_for(is_status("web", "Running"))
 
 
-async def test_unanswered_status_is_resent_until_answered(
+async def test_unacknowledged_reports_are_resent_and_applied_once(
     cloud: ScriptedCloud, make_core: Callable[..., Any]
 ) -> None:
     core: EdgeCore = await make_core(ack_timeout=0.3)
-    running = await running_web(cloud, core)
-    # no answer within ack_timeout: the same message (same msg_id) goes up again
-    index = position(cloud, running)
-    again = await cloud.wait_for(lambda m: m.msg_id == running.msg_id, since=index + 1)
-    await cloud.send(again.response({"status": {}}, source="edgecontroller"))
-    await settled(cloud, core)
-    assert core.outbox is not None
-    assert core.outbox.get("default/podstatus/web") is None
-    # answered: no more resends (the node status and lease keep flowing meanwhile)
-    count = sent_count(cloud, running.msg_id)
+    await running_web(cloud, core)
+    assert core.sync is not None
+    # The cloud stops acknowledging: the pod status stays spooled and goes up again, same seq.
+    cloud.hold_acks = True
+    mark = len(cloud.frames)
+    await deliver(cloud, core, down("insert", "default/pod/job", pod("job", "uid-job", APP)))
+    # (The Running status: earlier ones are superseded in the spool, under new sequences.)
+    first = await cloud.wait_for_frame(enveloped(is_status("job", "Running")), mark)
+    again = await cloud.wait_for_frame(lambda e: e.key == first.key, position_of(cloud, first) + 1)
+    assert Message.decode(again.payload).content == Message.decode(first.payload).content
+    assert core.sync.spool.holds("default/podstatus/job")
+    # ACKs resume: the next resend is applied once (the first two never reached the
+    # handler), and nothing more is resent.
+    cloud.hold_acks = False
+
+    def acknowledged() -> None:
+        assert core.sync is not None and not core.sync.spool.holds("default/podstatus/job")
+
+    await eventually(acknowledged)
+    # Each message was applied at most once however often it went up.
+    applied = [m.msg_id for m in cloud.up if m.resource == "default/podstatus/job"]
+    assert len(applied) == len(set(applied))
+    count = sum(1 for e in cloud.frames if e.seq == again.seq)
     mark = len(cloud.up)
     lease = f"kube-node-lease/lease/{NODE}"
     for _ in range(3):  # 3 lease rounds > ack_timeout
         mark = position(cloud, await cloud.wait_for(lambda m: m.resource == lease, mark)) + 1
-    assert sent_count(cloud, running.msg_id) == count
+    assert sum(1 for e in cloud.frames if e.seq == again.seq) == count
 
 
-async def test_pending_status_is_resent_after_reconnect_and_error_drops_it(
+async def test_pending_reports_go_again_after_reconnect(
     cloud: ScriptedCloud, make_core: Callable[..., Any]
 ) -> None:
     core: EdgeCore = await make_core(ack_timeout=300.0)  # only a reconnect resends
-    running = await running_web(cloud, core)
-    node = await cloud.wait_for(lambda m: m.resource == f"null/node/{NODE}")
+    await running_web(cloud, core)
+    assert core.sync is not None
+    cloud.hold_acks = True
+    mark = len(cloud.frames)
+    await deliver(cloud, core, down("insert", "default/pod/job", pod("job", "uid-job", APP)))
+    await cloud.wait_for_frame(enveloped(is_status("job", "Running")), mark)
     await cloud.stop()
     await eventually(lambda: not core.connected or _fail())
-    mark = len(cloud.up)
+    assert core.sync.spool.holds("default/podstatus/job")  # sent, never acknowledged
+    mark = len(cloud.frames)
     await cloud.start()
-    # pending rows go up again in order: the (re-)registration first, then the pod status
-    again = await cloud.wait_for(lambda m: m.msg_id == running.msg_id, since=mark)
-    node_again = await cloud.wait_for(lambda m: m.resource == node.resource, since=mark)
-    assert position(cloud, node_again) < position(cloud, again)
-    # the superseded registration's late ACK leaves the newer one queued
-    assert node_again.msg_id != node.msg_id
-    await cloud.send(node.response("OK", source="edgecontroller"))
-    await settled(cloud, core)
-    assert core.outbox is not None
-    assert core.outbox.get(node.resource) == node_again
-    await cloud.send(node_again.response("OK", source="edgecontroller"))
-    # the cloud refuses the status: dropped, not resent
-    await cloud.send(again.error("forbidden: not yours", source="edgecontroller"))
-    await settled(cloud, core)
-    assert core.outbox.get("default/podstatus/web") is None
-    assert core.outbox.get(node.resource) is None
+    # On the new link the unacknowledged status goes again (its latest version).
+    again = await cloud.wait_for_frame(lambda e: e.key == "default/podstatus/job", mark)
+    assert _holds(is_status("job", "Running"), Message.decode(again.payload))
+    # ACKs resume: the next link carries it once more, and it is settled.
+    cloud.hold_acks = False
+    await cloud.stop()
+    await eventually(lambda: not core.connected or _fail())
+    await cloud.start()
+
+    def drained() -> None:
+        assert core.sync is not None and not core.sync.spool.holds("default/podstatus/job")
+
+    await eventually(drained)
 
 
 def test_forwarding_shapes() -> None:
