@@ -21,6 +21,20 @@ reports restore it. A pod annotated ``orbiter.io/evict-when-unreachable: "true"`
 of autonomy: it is deleted ``eviction_timeout`` seconds after its node went silent (kube's
 default ``tolerationSeconds`` of the unreachable NoExecute toleration is 300 s), so its
 controller can recreate it elsewhere.
+
+Planned offline: a node annotated ``orbiter.io/contact-windows`` (a JSON list of
+``[startUnix, endUnix]``, written by whoever knows its contact plan) is reachable only in
+those windows. Silent between them, it is expected to be: it gets the condition
+``ExpectedOffline=True`` (reason ``BetweenContacts``, message "next contact window <start>
+(in N min)"), no taints, and its Ready condition and pods stay as they are; opted-out pods are
+not evicted. Once a window starts, the node has ``orbiter.io/contact-acquisition-seconds``
+(default 0) plus ``grace_period`` to report (``AwaitingContact`` until then); a window that
+passes that deadline without a report is missed, and the node goes Unknown and tainted as
+above, the message naming the window, with eviction counted from that deadline. A node that
+reports gets ``ExpectedOffline=False`` (reason ``Reporting``; the condition is kept, not
+removed, so its last transition stays visible). Windows are Unix seconds, so they are
+timed on ``wallclock``; reports on ``clock``. A malformed annotation, or one with no window
+left to come, leaves the node to the usual rules.
 """
 
 from __future__ import annotations
@@ -30,7 +44,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from ..client import LEASES, NODES, PODS, Client, Informer, NotFoundError
 from .controlling import Controller, Informers, being_deleted, meta, now_rfc3339
@@ -40,6 +57,9 @@ log = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "kube-node-lease"
 EVICT_ANNOTATION = "orbiter.io/evict-when-unreachable"
+WINDOWS_ANNOTATION = "orbiter.io/contact-windows"
+ACQUISITION_ANNOTATION = "orbiter.io/contact-acquisition-seconds"
+EXPECTED_OFFLINE = "ExpectedOffline"
 GRACE_PERIOD = 40.0  # kube's node-monitor-grace-period = KubeEdge's nodeLeaseDurationSeconds
 EVICTION_TIMEOUT = 300.0
 
@@ -59,6 +79,7 @@ class _Probe:
     heartbeat: Any  # Ready's lastHeartbeatTime
     ready: str  # Ready's status ("" when absent)
     at: float
+    wall: float  # ``at`` on the wall clock, which contact windows are given in
     reported: bool  # seen a report since the controller started, not just the node
 
 
@@ -78,11 +99,13 @@ class NodeLifecycleController(Controller[str]):
         grace_period: float = GRACE_PERIOD,
         eviction_timeout: float = EVICTION_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(client, informers, workers=workers, resync=resync)
         self.grace_period = grace_period
         self.eviction_timeout = eviction_timeout
         self.clock = clock
+        self.wallclock = wallclock
         self.nodes: Informer = informers(NODES)
         self.leases: Informer = informers(LEASES)
         self.pods: Informer = informers(PODS)
@@ -138,10 +161,10 @@ class NodeLifecycleController(Controller[str]):
         ready = _condition(node or {}, "Ready")
         renew = ((lease or {}).get("spec") or {}).get("renewTime")
         heartbeat, status = ready.get("lastHeartbeatTime"), str(ready.get("status") or "")
-        now = self.clock()
+        now, wall = self.clock(), self.wallclock()
         probe = self._probes.get(name)
         if probe is None:
-            self._probes[name] = _Probe(renew, heartbeat, status, now, reported=False)
+            self._probes[name] = _Probe(renew, heartbeat, status, now, wall, reported=False)
             return
         # Our own Unknown write is no report; a new status from the node is.
         reported = (
@@ -151,7 +174,7 @@ class NodeLifecycleController(Controller[str]):
         )
         probe.lease, probe.heartbeat, probe.ready = renew, heartbeat, status
         if reported:
-            probe.at, probe.reported = now, True
+            probe.at, probe.wall, probe.reported = now, wall, True
 
     def _silent(self, name: str) -> bool:
         probe = self._probes.get(name)
@@ -171,44 +194,136 @@ class NodeLifecycleController(Controller[str]):
         silent_since = probe.at + self.grace_period
         ready = _condition(node, "Ready")
         never = not ready or ready.get("reason") == NEVER_UPDATED[0]
+        plan = _contact_plan(node)
+        if plan is not None:
+            return await self._reconcile_planned(node, probe, plan, now, silent_since)
+        # Annotation gone: a stale ExpectedOffline=True must not outlive it.
+        no_plan = "no contact windows annotated"
+        node = await self._set_expected_offline(node, "False", "NoContactPlan", no_plan) or node
         if now < silent_since:
-            status = ready.get("status")
-            if status == "False":
-                wanted = NOT_READY
-            elif status == "Unknown" and not probe.reported and not never:
-                wanted = UNREACHABLE  # marked before we started: wait for a real report
-            else:
-                wanted = None
-            await self._taint(node, wanted)
+            await self._taint(node, _reporting_taint(ready, probe.reported, never))
             return silent_since - now
-        node = await self._mark_unknown(node) or node
-        await self._taint(node, NOT_READY if never else UNREACHABLE)
-        return await self._handle_pods(key, silent_since, now)
+        return await self._silent_node(node, silent_since, now, None)
 
-    async def _mark_unknown(self, node: dict[str, Any]) -> dict[str, Any] | None:
+    async def _reconcile_planned(
+        self,
+        node: dict[str, Any],
+        probe: _Probe,
+        plan: tuple[list[tuple[float, float]], float],
+        now: float,
+        silent_since: float,
+    ) -> float | None:
+        """A node reachable only in windows: silent between them is expected; a window
+        whose report deadline passes without a report makes it Unknown as usual."""
+        windows, acquisition = plan
+        wall = self.wallclock()
+        allowance = acquisition + self.grace_period
+        ready = _condition(node, "Ready")
+        never = not ready or ready.get("reason") == NEVER_UPDATED[0]
+        if now < silent_since:  # reporting: the plain rules, and the plan says so
+            reporting = "node is reporting"
+            node = await self._set_expected_offline(node, "False", "Reporting", reporting) or node
+            await self._taint(node, _reporting_taint(ready, probe.reported, never))
+            return silent_since - now
+        # Windows that started after the last report: missed once their deadline has passed;
+        # one that started before it brought its contact already.
+        after = [w for w in windows if w[0] > probe.wall]
+        missed = [w for w in after if w[0] + allowance <= wall]
+        upcoming = [w for w in after if w[0] + allowance > wall]
+        if not missed and upcoming:
+            start = upcoming[0][0]
+            if start <= wall:
+                reason, text = "AwaitingContact", f"contact window {_rfc3339(start)} open"
+                message = f"{text}, report due by {_rfc3339(start + allowance)}"
+            else:
+                reason, text = "BetweenContacts", f"next contact window {_rfc3339(start)}"
+                message = f"{text} (in {round((start - wall) / 60)} min)"
+            node = await self._set_expected_offline(node, "True", reason, message, text) or node
+            await self._taint(node, NOT_READY if ready.get("status") == "False" else None)
+            return start - wall if start > wall else start + allowance - wall
+        if not missed:  # the plan has run out: nothing excuses the silence
+            text = "no contact window planned after the last report"
+            node = await self._set_expected_offline(node, "False", "NoContactPlanned", text) or node
+            return await self._silent_node(node, silent_since, now, None)
+        start, end = missed[-1]
+        text = f"no contact in planned window {_rfc3339(start)} to {_rfc3339(end)}"
+        node = await self._set_expected_offline(node, "False", "ContactMissed", text) or node
+        # Eviction counts from the missed deadline, not from the last report.
+        deadline = now - (wall - (start + allowance))
+        return await self._silent_node(node, deadline, now, f"{UNKNOWN[1]} ({text})")
+
+    async def _silent_node(
+        self, node: dict[str, Any], silent_since: float, now: float, message: str | None
+    ) -> float | None:
+        ready = _condition(node, "Ready")
+        never = not ready or ready.get("reason") == NEVER_UPDATED[0]
+        node = await self._mark_unknown(node, message) or node
+        await self._taint(node, NOT_READY if never else UNREACHABLE)
+        return await self._handle_pods(meta(node)["name"], silent_since, now)
+
+    async def _set_expected_offline(
+        self, node: dict[str, Any], status: str, reason: str, message: str, same: str = ""
+    ) -> dict[str, Any] | None:
+        """Write the ExpectedOffline condition; nothing when it already says so (``same``: a
+        message prefix that counts as unchanged, so "in N min" does not rewrite it). A node
+        that never had it gets none saying False."""
+        conditions = list((node.get("status") or {}).get("conditions") or [])
+        current = next((c for c in conditions if c.get("type") == EXPECTED_OFFLINE), None)
+        if current is None and status == "False":
+            return None
+        if current is not None and (current.get("status"), current.get("reason")) == (
+            status,
+            reason,
+        ):
+            old = str(current.get("message") or "")
+            if old == message or (same and old.startswith(same)):
+                return None
+        stamp = now_rfc3339()
+        entry = {"type": EXPECTED_OFFLINE, "status": status, "reason": reason, "message": message}
+        entry["lastHeartbeatTime"] = stamp
+        transition = current is None or current.get("status") != status
+        entry["lastTransitionTime"] = (
+            stamp if current is None or transition else current.get("lastTransitionTime", stamp)
+        )
+        conditions = [c for c in conditions if c.get("type") != EXPECTED_OFFLINE] + [entry]
+        m = meta(node)
+        log.info("node %s: %s=%s (%s) %s", m["name"], EXPECTED_OFFLINE, status, reason, message)
+        body = {"metadata": {"resourceVersion": m["resourceVersion"]}}
+        body["status"] = {"conditions": conditions}
+        return await self.client.patch(NODES, m["name"], body, subresource="status")
+
+    async def _mark_unknown(
+        self, node: dict[str, Any], message: str | None = None
+    ) -> dict[str, Any] | None:
+        """Conditions to Unknown; ``message`` (when given) replaces Ready's usual one."""
         conditions = list((node.get("status") or {}).get("conditions") or [])
         stamp, changed = now_rfc3339(), False
         for kind in CONDITION_TYPES:
             current = next((c for c in conditions if c.get("type") == kind), None)
             if current is None:
-                reason, message = NEVER_UPDATED
+                reason, text = NEVER_UPDATED
                 created = meta(node).get("creationTimestamp") or stamp
                 conditions.append(
                     {
                         "type": kind,
                         "status": "Unknown",
                         "reason": reason,
-                        "message": message,
+                        "message": text,
                         "lastHeartbeatTime": created,
                         "lastTransitionTime": stamp,
                     }
                 )
                 changed = True
-            elif current.get("status") != "Unknown":
-                reason, message = UNKNOWN
+            elif current.get("status") != "Unknown" or (
+                kind == "Ready" and message and current.get("message") != message
+            ):
+                reason, text = UNKNOWN
+                if kind == "Ready" and message:
+                    text = message
                 # lastHeartbeatTime stays: it says when the node last spoke.
-                current.update(status="Unknown", reason=reason, message=message)
-                current["lastTransitionTime"] = stamp
+                if current.get("status") != "Unknown":
+                    current["lastTransitionTime"] = stamp
+                current.update(status="Unknown", reason=reason, message=text)
                 changed = True
         if not changed:
             return None
@@ -283,6 +398,37 @@ class NodeLifecycleController(Controller[str]):
                 patch_type="strategic",
                 subresource="status",
             )
+
+
+def _reporting_taint(ready: dict[str, Any], reported: bool, never: bool) -> str | None:
+    """The taint of a node within its grace period."""
+    status = ready.get("status")
+    if status == "False":
+        return NOT_READY
+    if status == "Unknown" and not reported and not never:
+        return UNREACHABLE  # marked before we started: wait for a real report
+    return None
+
+
+def _contact_plan(node: dict[str, Any]) -> tuple[list[tuple[float, float]], float] | None:
+    """The node's contact windows (sorted) and acquisition seconds, or None when it has no
+    (readable) annotation: then it is an ordinary node."""
+    annotations = meta(node).get("annotations") or {}
+    raw = annotations.get(WINDOWS_ANNOTATION)
+    if raw is None:
+        return None
+    try:
+        parsed = orjson.loads(raw)
+        windows = sorted((float(s), float(e)) for s, e in parsed)
+        acquisition = float(annotations.get(ACQUISITION_ANNOTATION) or 0.0)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        log.warning("node %s: unreadable %s %r", meta(node).get("name"), WINDOWS_ANNOTATION, raw)
+        return None
+    return [w for w in windows if w[1] > w[0]], max(acquisition, 0.0)
+
+
+def _rfc3339(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
