@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .models_cli import add_models_parser, run_models
+from .satellite.cli import add_satellite_parser, run_satellite
 from .serve_cli import add_serve_parser, run_serve
 
 T = TypeVar("T")
@@ -150,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     _edge_parser(sub)
     _up_parser(sub)
     add_models_parser(sub)
+    add_satellite_parser(sub)
     add_serve_parser(sub)
     return p
 
@@ -304,6 +306,9 @@ async def _run_cloud(args: argparse.Namespace) -> int:
     from .collab import globalmanager
     from .collab.apis import load_sedna_crds
     from .orchestration.cloud.running import Cloud
+    from .satellite import controllers as satellite_controllers
+    from .satellite.advising import satellite_advisor
+    from .satellite.apis import load_satellite_crds
 
     cloud = Cloud(
         args.data_dir,
@@ -317,8 +322,11 @@ async def _run_cloud(args: argparse.Namespace) -> int:
         sync_period=args.sync_period,
         router_port=args.router_port,
         # The layers above orchestration bring their own kinds and controllers.
-        crds=load_sedna_crds(),
-        controllers=globalmanager.controllers(),
+        crds=[*load_sedna_crds(), *load_satellite_crds()],
+        controllers=[
+            *globalmanager.controllers(advisor=satellite_advisor),
+            *satellite_controllers.controllers(),
+        ],
         upstream=globalmanager.upstream_handlers(),
     )
     await cloud.start()
@@ -664,6 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token_create(args)
     if args.command == "models":
         return run_models(args)
+    if args.command == "satellite":
+        return run_satellite(args)
     if args.command == "serve":
         return _run(run_serve(args))
     if args.command == "demo":

@@ -8,7 +8,7 @@
 
 In async tests, ``async with Cloud(tmp_path, port=0, hub_port=0, join_port=0,
 router_port=0) as cloud`` needs no thread. All three run what ``orbiter cloud`` runs, the
-sedna.io CRDs included.
+sedna.io and satellite.orbiter.io CRDs included.
 
 ``Cluster`` adds edge nodes: a cloud and N real ``EdgeCore`` nodes (``edge-0``, ``edge-1``,
 …) in this process, each joined with a real token over the real join endpoint. Their pods
@@ -48,6 +48,9 @@ from .orchestration.edge.core import EdgeCore
 from .orchestration.edge.extensions import EdgeExtensionFactory
 from .orchestration.edge.joining import join
 from .orchestration.edge.runtime import ImageSpec, ProcessRuntime
+from .satellite import controllers as satellite_controllers
+from .satellite.advising import satellite_advisor
+from .satellite.apis import load_satellite_crds
 
 T = TypeVar("T")
 
@@ -56,10 +59,12 @@ __all__ = ["Cloud", "CloudThread", "Cluster", "ClusterThread", "node_ready"]
 
 class Cloud(running.Cloud):
     """The orchestration ``Cloud`` plus the CRDs and controllers of the layers above it (the
-    sedna.io kinds and the global manager), as ``orbiter cloud`` starts it; ``crds`` and
-    ``controllers`` replace those lists. Replacing the CRDs drops the default controllers
-    too: they watch the sedna.io kinds, which must be served when they start. ``upstream``
-    replaces the global manager's handlers of the local controllers' reports."""
+    sedna.io kinds and the global manager, the satellite.orbiter.io kinds and the contact
+    plan controller, the satellite placement advisor vetting edge workers), as ``orbiter
+    cloud`` starts it; ``crds`` and ``controllers`` replace those lists. Replacing the CRDs
+    drops the default controllers too: they watch those kinds, which must be served when they
+    start. ``upstream`` replaces the global manager's handlers of the local controllers'
+    reports."""
 
     def __init__(
         self,
@@ -71,10 +76,17 @@ class Cloud(running.Cloud):
         **options: Any,
     ) -> None:
         if controllers is None:
-            controllers = globalmanager.controllers() if crds is None else ()
+            controllers = (
+                [
+                    *globalmanager.controllers(advisor=satellite_advisor),
+                    *satellite_controllers.controllers(),
+                ]
+                if crds is None
+                else ()
+            )
         super().__init__(
             data_dir,
-            crds=load_sedna_crds() if crds is None else crds,
+            crds=[*load_sedna_crds(), *load_satellite_crds()] if crds is None else crds,
             controllers=controllers,
             upstream=globalmanager.upstream_handlers() if upstream is None else upstream,
             **options,

@@ -12,7 +12,8 @@ cluster's own controllers::
     async with ControllerManager(KubeClient.from_kubeconfig(), builtin=False, extra=controllers()):
         ...
 
-Joint inference: :class:`JointInferenceController` (see :mod:`.jointinference`). The local
+Joint inference: :class:`JointInferenceController` (see :mod:`.jointinference`), which asks
+an optional :data:`PlacementAdvisor` (see :mod:`.advice`) before placing the edge worker. The local
 controllers' reports become the services' ``status.metrics`` through the cloud's upstream
 handlers (:func:`upstream_handlers`, for ``Cloud(upstream=...)``; see :mod:`.reports`).
 """
@@ -23,20 +24,26 @@ import functools
 
 from orbiter.orchestration.cloud import ControllerFactory
 
+from .advice import Advice, PlacementAdvisor
 from .jointinference import JointInferenceController
 from .reports import LocalControllerReports, upstream_handlers
 from .workers import DEFAULT_LC_SERVER
 
 __all__ = [
     "DEFAULT_LC_SERVER",
+    "Advice",
     "JointInferenceController",
     "LocalControllerReports",
+    "PlacementAdvisor",
     "controllers",
     "upstream_handlers",
 ]
 
 
-def controllers(*, lc_server: str = DEFAULT_LC_SERVER) -> list[ControllerFactory]:
+def controllers(
+    *, lc_server: str = DEFAULT_LC_SERVER, advisor: PlacementAdvisor | None = None
+) -> list[ControllerFactory]:
     """The global manager's controllers, as factories for ``ControllerManager(extra=...)``
-    or ``Cloud(controllers=...)``. ``lc_server``: the local controller URL workers get."""
-    return [functools.partial(JointInferenceController, lc_server=lc_server)]
+    or ``Cloud(controllers=...)``. ``lc_server``: the local controller URL workers get;
+    ``advisor``: vets where workers go (a layer above plugs in, e.g. the satellite planner)."""
+    return [functools.partial(JointInferenceController, lc_server=lc_server, advisor=advisor)]

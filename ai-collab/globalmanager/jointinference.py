@@ -15,6 +15,13 @@ nodes they target can hold them (``placement``), and write its status (``status`
   Until then it is given the Service's name ``<name>-cloud.<namespace>``, as Sedna does for
   EdgeMesh; when the IP becomes known the edge Deployment is updated (its pods restart
   once), and it is not switched back while the cloud pod is replaced.
+- Placement advice: with an ``advisor`` (see ``advice``), the edge worker's node (its
+  template's ``nodeName``) is vetted by it before the Deployment is written. A refusal is a
+  ``Failed``/``Unschedulable`` condition with the advisor's reason (nothing is created or
+  changed, as for any problem); an acceptance merges the advice's env into the worker and
+  appends the chosen option and reason to the current condition's message. The advisor reads
+  what it needs through the client on each look: its own objects changing are seen at the
+  next look (a service or node event, or the resync).
 - Status: ``active`` is the available replicas of both Deployments, ``failed`` the worker
   pods in phase Failed; the current condition is the problem if any, else ``Failed`` (a
   worker pod failed), ``Running`` (both workers have an available replica) or ``Pending``.
@@ -27,6 +34,7 @@ Only the ``Client`` interface is used, so this runs against a real Kubernetes cl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -44,6 +52,7 @@ from orbiter.orchestration.cloud.controlling import (
 )
 
 from ..apis import JOINT_INFERENCE_SERVICES, MODELS
+from .advice import Advice, PlacementAdvisor
 from .placement import check_placement
 from .status import FAILED, PENDING, RUNNING, Problem, status_patch
 from .validation import validate
@@ -98,7 +107,8 @@ def _env(deployment: dict[str, Any] | None, name: str) -> str | None:
 
 
 class JointInferenceController(Controller[Key]):
-    """``lc_server``: the local controller URL given to workers (``LC_SERVER``)."""
+    """``lc_server``: the local controller URL given to workers (``LC_SERVER``);
+    ``advisor``: asked before the edge worker is placed on its node (None: nobody asked)."""
 
     name = "jointinference-controller"
 
@@ -110,9 +120,11 @@ class JointInferenceController(Controller[Key]):
         workers: int = 2,
         resync: float | None = 300.0,
         lc_server: str = DEFAULT_LC_SERVER,
+        advisor: PlacementAdvisor | None = None,
     ) -> None:
         super().__init__(client, informers, workers=workers, resync=resync)
         self.lc_server = lc_server
+        self.advisor = advisor
         self.services = informers(JOINT_INFERENCE_SERVICES)
         self.service_index = informers.index(JOINT_INFERENCE_SERVICES)
         self.models = informers(MODELS)
@@ -194,16 +206,28 @@ class JointInferenceController(Controller[Key]):
             self._unplaced.discard(key)
             return None  # its workers go with it (garbage collection)
         problem = validate(service, lambda model: self.models.get(model, ns))
+        advice, placed = None, ""
         if problem is None:
-            problem = await self._sync_workers(service)
+            node = pinned_node(service, EDGE)
+            if node is not None and self.advisor is not None:
+                advice = await self.advisor(self.client, service, node, EDGE)
+            if advice is not None and not advice.allowed:
+                problem = Problem(
+                    FAILED, "Unschedulable", f"node {node} refuses the edge worker: {advice.reason}"
+                )
+            elif advice is not None:
+                chosen = f"{advice.option}: " if advice.option else ""
+                placed = f"edge worker on {node}: {chosen}{advice.reason}"
+        if problem is None:
+            problem = await self._sync_workers(service, advice)
         if problem is not None and problem.reason in ("NodeNotFound", "Unschedulable"):
             self._unplaced.add(key)
         else:
             self._unplaced.discard(key)
-        await self._sync_status(service, problem)
+        await self._sync_status(service, problem, placed)
         return None
 
-    async def _sync_workers(self, service: dict[str, Any]) -> Problem | None:
+    async def _sync_workers(self, service: dict[str, Any], advice: Advice | None) -> Problem | None:
         m = meta(service)
         ns, uid = m["namespace"], m["uid"]
         models = {
@@ -225,6 +249,7 @@ class JointInferenceController(Controller[Key]):
                 lc_server=self._lc_server(service, EDGE),
                 big_model_ip=self._big_model_ip(service, current[EDGE]),
                 cloud_model=meta(models[CLOUD]).get("name", ""),
+                extra_env=advice.env if advice is not None else None,
             ),
         }
         taken = self._not_ours(DEPLOYMENTS, service, *current.values())
@@ -324,7 +349,10 @@ class JointInferenceController(Controller[Key]):
 
     # --- status -----------------------------------------------------------------------------
 
-    async def _sync_status(self, service: dict[str, Any], problem: Problem | None) -> None:
+    async def _sync_status(
+        self, service: dict[str, Any], problem: Problem | None, placed: str = ""
+    ) -> None:
+        """``placed``: the advisor's placement, appended to a condition that is not a problem."""
         m = meta(service)
         ns, uid = m["namespace"], m["uid"]
         workers = {
@@ -358,6 +386,8 @@ class JointInferenceController(Controller[Key]):
             condition = Problem(
                 PENDING, "WorkersNotReady", f"waiting for available workers: {counts}"
             )
+        if problem is None and placed:
+            condition = dataclasses.replace(condition, message=f"{condition.message}; {placed}")
         patch = status_patch(
             service.get("status"),
             condition,

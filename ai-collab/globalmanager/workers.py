@@ -21,6 +21,8 @@ Environment (Sedna's names) added to every container of a worker:
 - edge: ``MODEL_URL`` (the edge Model's), ``BIG_MODEL_IP``, ``BIG_MODEL_PORT``,
   ``BIG_MODEL_NAME`` (the cloud Model's name, under which the cloud worker serves it),
   ``HEM_NAME``, ``HEM_PARAMETERS`` (the spec's ``[{key, value}]`` list as JSON).
+- a placement advisor's variables (see ``advice``), e.g. ``PLACEMENT_OPTION``: they replace
+  ours of the same name (a satellite node may turn ``HEM_NAME`` into ``CloudOnly``).
 
 A variable the template already sets keeps the user's value (ours is not added): users can
 override anything, e.g. point ``BIG_MODEL_IP`` at a gateway.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -177,9 +180,12 @@ def deployment(
     lc_server: str,
     big_model_ip: str = "",
     cloud_model: str = "",
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Deployment of ``kind``'s worker running ``model`` (a Model object); the edge one
-    also needs the cloud worker's address (``big_model_ip``) and ``cloud_model``'s name."""
+    also needs the cloud worker's address (``big_model_ip``) and ``cloud_model``'s name.
+    ``extra_env`` (a placement advisor's) replaces ours of the same name; the template's
+    own values still win over both."""
     m = _meta(service)
     labels = worker_labels(service, kind)
     port = str(bind_port(service))
@@ -203,6 +209,9 @@ def deployment(
             {"name": "HEM_NAME", "value": str(hem.get("name", ""))},
             {"name": "HEM_PARAMETERS", "value": json.dumps(parameters, separators=(",", ":"))},
         ]
+    if extra_env:
+        env = [e for e in env if e["name"] not in extra_env]
+        env += [{"name": k, "value": str(v)} for k, v in sorted(extra_env.items())]
     template = copy.deepcopy(spec.get("template") or {})
     template_meta = template.setdefault("metadata", {})
     template_meta["labels"] = {**(template_meta.get("labels") or {}), **labels}
