@@ -264,3 +264,18 @@ def test_without_orbit_support_an_orbit_plan_says_so(
     cond = kubectl.until(computed, "the Computed condition")
     assert (cond["status"], cond["reason"]) == ("False", "OrbitSupportMissing")
     assert kubectl.json("cplan", "sat-1")["status"]["windowsComputed"] == 0
+
+
+def test_the_example_plan_applies_and_computes_its_passes(kubectl: Kubectl) -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy/examples/satellite/contactplan.yaml"
+    kubectl("apply", "-f", str(example))
+
+    def computed() -> dict[str, Any] | None:
+        status = kubectl.json("cplan", "sat-1").get("status") or {}
+        return status if status.get("nextPass") else None
+
+    status = kubectl.until(computed, "the example plan's next pass", within=60)
+    # Beijing + Kashgar at 5 degrees: about 7.6 passes a day (satellite.md §3.4).
+    assert 6 <= status["passesPerDay"] <= 9
+    assert [row[0] for row in kubectl.table("gs")[1:]] == ["beijing", "kashgar"]
+    assert kubectl.table("satp")[1][0] == "sat-1"

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from orbiter.collab.apis import SEDNA_CRDS, load_sedna_crds
 from orbiter.orchestration.apis import DEVICES, RULES, load_crds
+from orbiter.satellite.apis import load_satellite_crds
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -17,6 +18,7 @@ PACKAGED: dict[str, Callable[[], list[dict[str, Any]]]] = {
     DEVICES: lambda: load_crds(DEVICES),
     RULES: lambda: load_crds(RULES),
     SEDNA_CRDS: load_sedna_crds,  # orbiter.collab's own package data
+    "satellite.yaml": load_satellite_crds,  # orbiter.satellite's
 }
 
 
