@@ -77,6 +77,10 @@ class NodeSync:
                 self.directory / node,
                 resend_after=self._resend_after,
                 on_activated=functools.partial(self._activated, node),
+                # WAL's NORMAL survives a crash of the cloud process; what a power cut could
+                # lose is a receipt (the report is applied again, newest-wins) or a chunk
+                # (sent again): not worth an fsync per report from every node.
+                synchronous="NORMAL",
             )
         return ep
 
