@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .clock import EventLoop
     from .contacts import Contact, ContactPlan, PlanStats, plan_stats, synthetic_plan
+    from .governing import ComputeGovernor
     from .link import GilbertElliott, LinkConfig, LinkModel, PassLink
     from .metrics import SatelliteMetrics, measure, summary
     from .orbit import GroundStation, Orbit, compute_contacts, sun_synchronous, walker
     from .placement import Option, Placement, brute_force, explain, options, plan_placement
     from .planfiles import load_plan, plan_from_data, plan_to_data
-    from .power import ComputeGovernor, PowerConfig, PowerModel
+    from .power import PowerConfig, PowerModel
     from .profiles import CutPoint, ExitPoint, HemPoint, Job, LinkBudget, ModelProfile, NodeProfile
     from .proxy import ContactProxy
     from .scenario import Scenario, ScenarioError, Workload, load_scenario
@@ -41,7 +42,8 @@ _HOMES = {
     "orbit": ("GroundStation", "Orbit", "compute_contacts", "sun_synchronous", "walker"),
     "placement": ("Option", "Placement", "brute_force", "explain", "options", "plan_placement"),
     "planfiles": ("load_plan", "plan_from_data", "plan_to_data"),
-    "power": ("ComputeGovernor", "PowerConfig", "PowerModel"),
+    "governing": ("ComputeGovernor",),
+    "power": ("PowerConfig", "PowerModel"),
     "profiles": (
         "CutPoint",
         "ExitPoint",

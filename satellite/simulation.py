@@ -29,8 +29,9 @@ from ..orchestration.protocol.syncing import Handler, SyncEndpoint
 from ..orchestration.protocol.transfers import CHUNK_TOPIC, Manifest, build_manifest
 from .clock import EventLoop
 from .contacts import DAY, Contact
+from .governing import ComputeGovernor, Job
 from .link import LinkModel, PassLink
-from .power import ComputeGovernor, Job, PowerModel
+from .power import PowerModel
 from .scenario import Scenario
 
 __all__ = ["Crash", "ModelRecord", "PassRecord", "SatelliteRun", "Simulation"]

@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 from orbiter.satellite.clock import EventLoop
-from orbiter.satellite.power import ComputeGovernor, Job, OrbitEnergy, PowerConfig, PowerModel
+from orbiter.satellite.governing import ComputeGovernor, Job
+from orbiter.satellite.power import OrbitEnergy, PowerConfig, PowerModel
 
 DAY = 86_400.0
 H = 3600.0
