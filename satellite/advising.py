@@ -13,8 +13,10 @@ profile; malformed data is refused with the field named, since a wrong unit yiel
 - the node: ``SatelliteProfile.spec`` (``memoryBytes``, ``flopsPerSecond``, ``devices``' busy
   and idle watts summed, ``power`` with harvest counted only in sunlight). No profile: no
   opinion (None). Without ``memoryBytes`` or ``flopsPerSecond``: not consulted.
-- the link: the explicit ``windows`` of every ``ContactPlan`` whose ``spec.nodeName`` is the
-  node (rates from the window, else its GroundStation, else 50 Mbit/s down and 1 Mbit/s up),
+- the link: the ``windows`` of every ``ContactPlan`` whose ``spec.nodeName`` is the node (the
+  given ones, or for an orbit plan those its controller computed and published in
+  ``status.windows``; rates from the window, else its GroundStation, else 50 Mbit/s down and
+  1 Mbit/s up),
   averaged over the days they cover (n passes span n mean spacings), less acquisition and
   the profile's ``link.frameErrorRate`` and ``link.abortProbability``. No such
   windows: not consulted.
@@ -246,8 +248,9 @@ def link_budget(
     stations: Iterable[Mapping[str, Any]],
     link: Mapping[str, Any] | None = None,
 ) -> LinkBudget | None:
-    """The daily link budget of ``node`` from the explicit windows of its ContactPlans (each
-    plan's ``acquisitionSeconds``, the profile's ``link`` losses); None if it has none.
+    """The daily link budget of ``node`` from the windows of its ContactPlans (given, or
+    computed from an orbit and published in the plan's status; each plan's
+    ``acquisitionSeconds``, the profile's ``link`` losses); None if it has none.
     ProfileError when a plan's windows do not parse."""
     link = link or {}
     by_name = {str(_meta(s).get("name")): s.get("spec") or {} for s in stations}
@@ -257,8 +260,14 @@ def link_budget(
     starts: list[float] = []
     for plan in plans:
         spec = plan.get("spec") or {}
-        if spec.get("nodeName") != node or not spec.get("windows"):
+        if spec.get("nodeName") != node:
             continue
+        if not spec.get("windows"):
+            # An orbit plan: the windows its controller computed, published in its status.
+            computed = (plan.get("status") or {}).get("windows")
+            if not computed:
+                continue
+            spec = {**spec, "windows": computed}
         windows, problems = parse_windows(spec, by_name)
         if problems:
             raise ProfileError(f"ContactPlan {_meta(plan).get('name')}: {'; '.join(problems)}")

@@ -59,6 +59,22 @@ ANNOTATED_MIN = 16  # windows on the node: at least these many, and every one in
 ORBIT_LOOKBACK = 900.0  # computed from a little before now, to catch a pass in progress
 
 
+MAX_STATUS_WINDOWS = 256  # a week of passes over several stations
+
+
+def _window_data(w: Window) -> dict[str, Any]:
+    data: dict[str, Any] = {"start": _rfc3339(w.start), "end": _rfc3339(w.end)}
+    if w.station:
+        data["station"] = w.station
+    if w.rate_down is not None:
+        data["rateDown"] = w.rate_down
+    if w.rate_up is not None:
+        data["rateUp"] = w.rate_up
+    if w.max_elevation is not None:
+        data["maxElevation"] = round(w.max_elevation, 2)
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     start: float  # Unix seconds
@@ -272,6 +288,9 @@ class ContactPlanController(Controller[str]):
             span = float(spec.get("horizonHours", 48)) * 3600
         status["passesPerDay"] = round(len(windows) * DAY / span, 2)
         status["longestGapSeconds"] = _longest_gap(windows)
+        if spec.get("orbit"):
+            # What the orbit gave, as data: the placement planner budgets the downlink from it.
+            status["windows"] = [_window_data(w) for w in windows[:MAX_STATUS_WINDOWS]]
         if valid:
             conditions.append(await self._annotate(key, node, spec, windows, now))
         await self._write_status(plan, status, conditions)

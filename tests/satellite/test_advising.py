@@ -170,6 +170,20 @@ def test_the_budgets_come_from_the_profile_and_the_contact_plan() -> None:
     assert link_budget("sat-2", [plan(T0)], [STATION]) is None
 
 
+def test_an_orbit_plan_is_budgeted_from_the_windows_its_controller_published() -> None:
+    given = plan(T0)
+    orbit = obj(
+        "ContactPlan",
+        f"{NODE}-orbit",
+        {"nodeName": NODE, "orbit": {"elements": {}}, "stations": ["beijing"]},
+    )
+    assert link_budget(NODE, [orbit], [STATION], PROFILE["spec"]["link"]) is None  # not yet
+    orbit["status"] = {"windows": given["spec"]["windows"]}
+    from_orbit = link_budget(NODE, [orbit], [STATION], PROFILE["spec"]["link"])
+    from_data = link_budget(NODE, [given], [STATION], PROFILE["spec"]["link"])
+    assert from_orbit is not None and from_orbit == from_data
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -236,6 +236,10 @@ def test_an_orbit_plan_is_computed_from_its_stations(kubectl: Kubectl) -> None:
     assert 3 <= status["passesPerDay"] <= 5
     assert status["windowsComputed"] == round(status["passesPerDay"] * 2)  # over 48 h
     assert status["longestGapSeconds"] > 6 * 3600
+    # ...published as data, rates included, for the placement planner's downlink budget.
+    assert len(status["windows"]) == status["windowsComputed"]
+    assert {w["station"] for w in status["windows"]} == {"beijing"}
+    assert all(w["rateDown"] == 50_000_000 for w in status["windows"])
     conditions = {c["type"]: c for c in status["conditions"]}
     assert (conditions["Computed"]["status"], conditions["Computed"]["reason"]) == (
         "True",
