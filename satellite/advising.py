@@ -32,6 +32,10 @@ profile; malformed data is refused with the field named, since a wrong unit yiel
                                   "easyAccuracy": 0.9}]}]}
 
   Any of them missing: allowed, "no model profile: planner not consulted".
+- the node's other jobs: every JointInferenceService whose edge worker is pinned to the same
+  node and profiled is planned together with this one (in name order, so every service's look
+  computes the same plan): they share the node's memory, energy and downlink. A service sees
+  a neighbour's arrival at its own next look (an event of its own, or the resync).
 
 The planner's choice becomes env the worker SDK understands (``orbiter.collab.mining``):
 ``raw`` sends every frame down before any on-board inference (``HEM_NAME=CloudOnly``,
@@ -50,7 +54,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orbiter.collab.apis import MODELS
+from orbiter.collab.apis import JOINT_INFERENCE_SERVICES, MODELS
 from orbiter.collab.globalmanager import Advice
 from orbiter.orchestration.client import Client, NotFoundError
 
@@ -378,10 +382,13 @@ def advise(
     plans: Iterable[Mapping[str, Any]],
     stations: Iterable[Mapping[str, Any]],
     model: Mapping[str, Any] | None,
+    neighbours: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]] = (),
 ) -> Advice | None:
     """The advice for ``service``'s edge worker on ``node`` from the objects themselves:
     ``profile`` (the node's SatelliteProfile, None: not a satellite), the ContactPlans and
-    GroundStations, and the edge Model."""
+    GroundStations, and the edge Model. ``neighbours``: the other services (with their edge
+    Models) whose edge workers the node runs; the planner places them all at once, since they
+    share its memory, energy and downlink, and this service gets its part of that plan."""
     if profile is None:
         return None
     model_name = str(_meta(model).get("name") or "")
@@ -409,8 +416,30 @@ def advise(
             return Advice(True, f"{NOT_CONSULTED} (the service needs annotations {wanted})")
     except ProfileError as exc:
         return Advice(False, f"invalid placement input: {exc}")
-    plan = plan_placement([job], node_prof, budget)
+    # In name order: whichever service asks, the node's plan is the same one.
+    jobs = sorted([job, *_neighbour_jobs(neighbours, skip=job.name)], key=lambda j: j.name)
+    plan = plan_placement(jobs, node_prof, budget)
     return advice_for(service, plan.choices[job.name], plan.reasons[job.name])
+
+
+def _neighbour_jobs(
+    neighbours: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]], *, skip: str
+) -> list[Job]:
+    """The planner's jobs for the node's other services; one that is not profiled (or not
+    well) is left out here: its own look reports it."""
+    jobs: list[Job] = []
+    for other, other_model in neighbours:
+        text = (_meta(other_model).get("annotations") or {}).get(PROFILE_ANNOTATION)
+        if text is None:
+            continue
+        try:
+            name = str(_meta(other_model).get("name") or "model")
+            other_job = job_of(other, model_profile(name, str(text)))
+        except ProfileError:
+            continue
+        if other_job is not None and other_job.name != skip:
+            jobs.append(other_job)
+    return jobs
 
 
 async def _get(client: Client, res: Any, name: str, ns: str | None = None) -> dict[str, Any] | None:
@@ -436,8 +465,31 @@ async def satellite_advisor(
         if (p.get("spec") or {}).get("nodeName") == node
     ]
     stations = (await client.list(GROUND_STATIONS))["items"] if plans else []
+    model = await _edge_model(client, service)
+    neighbours = []
+    for other in (await client.list(JOINT_INFERENCE_SERVICES))["items"]:
+        if _edge_node(other) == node and _meta(other).get("uid") != _meta(service).get("uid"):
+            neighbours.append((other, await _edge_model(client, other)))
+    return advise(
+        service,
+        node,
+        profile=profile,
+        plans=plans,
+        stations=stations,
+        model=model,
+        neighbours=neighbours,
+    )
+
+
+def _edge_node(service: Mapping[str, Any]) -> str | None:
+    """The node a service's edge worker is pinned to (its template's ``nodeName``)."""
+    edge = (service.get("spec") or {}).get("edgeWorker") or {}
+    node = ((edge.get("template") or {}).get("spec") or {}).get("nodeName")
+    return node if isinstance(node, str) and node else None
+
+
+async def _edge_model(client: Client, service: Mapping[str, Any]) -> dict[str, Any] | None:
     edge = (service.get("spec") or {}).get("edgeWorker") or {}
     model_name = str((edge.get("model") or {}).get("name") or "")
     ns = _meta(service).get("namespace") or "default"
-    model = await _get(client, MODELS, model_name, ns) if model_name else None
-    return advise(service, node, profile=profile, plans=plans, stations=stations, model=model)
+    return await _get(client, MODELS, model_name, ns) if model_name else None

@@ -220,6 +220,20 @@ def test_few_frames_go_down_raw_to_the_most_accurate_ground_model() -> None:
     assert advice.reason.startswith("the ground model is the most accurate (0.930)")
 
 
+def test_the_jobs_of_one_node_share_its_downlink() -> None:
+    # Alone, each fits the 15.6 GB/day downlink raw (12,000 x 768 KB = 9.4 GB)...
+    first, second = service("first", 12_000), service("second", 12_000)
+    assert ask(first).option == "raw" and ask(second).option == "raw"
+    # ...together they do not: planned at once, they cannot both send every frame down.
+    little = model("little", profile_json())
+    a = ask(first, neighbours=[(second, little)])
+    b = ask(second, neighbours=[(first, little)])
+    assert a.allowed and b.allowed
+    assert (a.option, b.option) == ("raw", "split@1")  # one plan, whichever asks
+    # A neighbour without a profile does not count (its own look reports it).
+    assert ask(first, neighbours=[(second, model("little", None))]).option == "raw"
+
+
 def test_too_many_frames_for_the_downlink_are_split_at_the_cut() -> None:
     advice = ask(service("demo", 40_000))  # raw 31.5 GB/day; activations 8 GB/day fit
     assert (advice.allowed, advice.option) == (True, "split@1")
