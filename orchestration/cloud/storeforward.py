@@ -111,6 +111,11 @@ class NodeSync:
         self.endpoint(node).offer(manifest, read_chunk, now=self._clock())
         self._wake(node)
 
+    def activated(self, node: str, name: str) -> str | None:
+        """The version of blob ``name`` that ``node`` reported it put into use (since this
+        cloud started), None if none."""
+        return self.endpoint(node).peer_active.get(name)
+
     # -- the link --------------------------------------------------------------------------
 
     async def frame(self, node: str, data: bytes) -> None:

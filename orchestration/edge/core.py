@@ -62,10 +62,12 @@ from ..protocol import (
 )
 from ..protocol.envelopes import Priority
 from ..protocol.syncing import MESSAGE_TOPIC, SyncEndpoint, pump
+from ..protocol.transfers import Manifest
 from ..store import SQLiteStore
 from .applying import Applier
 from .devices import DEFAULT_MQTT_PORT, Devices
 from .extensions import (
+    BlobCallback,
     EdgeContext,
     EdgeExtension,
     EdgeExtensionFactory,
@@ -145,6 +147,7 @@ class EdgeCore:
         self.runtime = ProcessRuntime(self.data_dir / "runtime", images=images, backoff=backoff)
         self.sync: SyncEndpoint | None = None
         self._registration: int | None = None  # the seq of the node's registration
+        self._blob_listeners: list[BlobCallback] = []
         self.hub = EdgeHub(
             self.cloud_url,
             self._ssl_context,
@@ -202,11 +205,12 @@ class EdgeCore:
         )
 
     async def _start(self) -> None:
-        self.sync = SyncEndpoint(
+        sync = self.sync = SyncEndpoint(
             self.node_name,
             self.data_dir / "sync",
             resend_after=self._ack_timeout,
             quota_bytes=self._spool_quota,
+            on_activated=self._blob_activated,
         )
         await self.store.start()
         self.runtime.on_status_change(self._pod_status_changed)
@@ -228,7 +232,12 @@ class EdgeCore:
             self._rotator.start()
         # Last: an extension may report at once, and its reports need the outbox and link.
         context = EdgeContext(
-            self.node_name, self.data_dir, self._report, asyncio.get_running_loop()
+            self.node_name,
+            self.data_dir,
+            self._report,
+            asyncio.get_running_loop(),
+            self._blob_listeners.append,
+            sync.receiver.directory / "blobs",
         )
         for factory in self._extension_factories:
             extension = factory(context)
@@ -246,6 +255,7 @@ class EdgeCore:
                 await extension.stop()
             except Exception:
                 log.exception("edge node %s: an extension failed to stop", self.node_name)
+        self._blob_listeners.clear()  # the next start's extensions register their own
         if self._rotator is not None:
             await self._rotator.stop()
         await self.hub.stop()
@@ -354,6 +364,16 @@ class EdgeCore:
         if kind in DEVICE_KINDS and namespace is not None:
             obj = await self.meta.get(namespace, kind, name)
             await self.devices.changed(kind, namespace, name, obj)
+
+    def _blob_activated(self, manifest: Manifest) -> None:
+        assert self.sync is not None
+        path = self.sync.receiver.blob_path(manifest.name, manifest.version)
+        log.info("edge node %s: %s verified and active", self.node_name, manifest.key)
+        for callback in list(self._blob_listeners):
+            try:
+                callback(manifest.name, manifest.version, path)
+            except Exception:
+                log.exception("a blob callback failed on %s", manifest.key)
 
     async def _frame(self, data: bytes) -> None:
         """A store-and-forward envelope from the cloud: ACKs for the spool, blobs, control."""

@@ -10,7 +10,8 @@ results, ``Priority.BULK`` for bulk data; status by default), kept across restar
 periods until the cloud acknowledges it, or dropped (and counted) after ``ttl`` seconds. The
 cloud hands it, once, to the upstream handler registered for ``source``
 (``Cloud(upstream=...)``); the message is ``update`` in group ``resource`` with ``resource`` =
-``key``.
+``key``. Down the other way, ``context.on_blob(callback)`` hears of each blob the cloud sent
+(``NodeSync.offer``, resumed across links) once it is verified and active.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from typing import Any, Protocol
 
 from ..protocol.envelopes import Priority
 
-__all__ = ["EdgeContext", "EdgeExtension", "EdgeExtensionFactory", "Report", "outbox_key"]
+__all__ = [
+    "BlobCallback",
+    "EdgeContext",
+    "EdgeExtension",
+    "EdgeExtensionFactory",
+    "Report",
+    "outbox_key",
+]
 
 
 def outbox_key(key: str) -> str:
@@ -45,6 +53,9 @@ class Report(Protocol):
     ) -> None: ...
 
 
+BlobCallback = Callable[[str, str, Path], None]
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeContext:
     """What an extension gets from the EdgeCore that runs it."""
@@ -53,6 +64,10 @@ class EdgeContext:
     data_dir: Path  # the node's data dir; an extension keeps its files under it
     report: Report  # (key, source, content), never blocks
     loop: asyncio.AbstractEventLoop
+    # ``on_blob(callback)``: ``callback(name, version, path)`` whenever a blob the cloud sent
+    # (``NodeSync.offer``) is verified and active; ``blobs / name / "current"`` links to it.
+    on_blob: Callable[[BlobCallback], None]
+    blobs: Path
 
 
 class EdgeExtension(Protocol):

@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
+
 from .envelopes import ACK, Envelope, EnvelopeError, Priority
 from .receipts import Receipts, Verdict, ack_ranges
 from .spooling import Spool
@@ -27,13 +29,14 @@ from .transfers import (
     TransferSender,
 )
 
-__all__ = ["MESSAGE_TOPIC", "Handler", "SyncEndpoint", "pump"]
+__all__ = ["ACTIVATED_TOPIC", "MESSAGE_TOPIC", "Handler", "SyncEndpoint", "pump"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope, sqlite3.Connection], None]
 
 MESSAGE_TOPIC = "message"  # an envelope whose payload is one encoded KubeEdge message
+ACTIVATED_TOPIC = "transfer.activated"  # the receiver put a blob it was sent into use
 Activated = Callable[[Manifest], None]
 
 
@@ -69,11 +72,15 @@ class SyncEndpoint:
             MANIFEST_TOPIC: self.receiver.on_manifest,
             CHUNK_TOPIC: self.receiver.on_chunk,
             NEED_TOPIC: lambda env, db: None,  # handled after the receipt commits
+            ACTIVATED_TOPIC: lambda env, db: None,
             **(handlers or {}),
         }
         self._on_activated = on_activated
         self.connected = False
         self.bad_envelopes = 0
+        # What the peer reports it activated of what this end sent: name -> version (since
+        # this process started; the peer's report is spooled there until it gets here).
+        self.peer_active: dict[str, str] = {}
 
     # -- the application's side ----------------------------------------------------------
 
@@ -141,6 +148,8 @@ class SyncEndpoint:
         if verdict is Verdict.APPLIED:
             if envelope.topic == CHUNK_TOPIC:
                 self._maybe_activate(envelope, now)
+            elif envelope.topic == ACTIVATED_TOPIC:
+                self._peer_activated(envelope)
             elif envelope.topic == NEED_TOPIC:
                 try:
                     self.sender.resend(envelope, now=now)
@@ -181,8 +190,27 @@ class SyncEndpoint:
                 priority=Priority.CONTROL,
                 now=now,
             )
-        elif self._on_activated is not None:
-            self._on_activated(manifest)
+        else:
+            # The sender learns it: it knows its blob is in use, not merely delivered.
+            self.send(
+                ACTIVATED_TOPIC,
+                orjson.dumps({"name": manifest.name, "version": manifest.version}),
+                priority=Priority.CONTROL,
+                now=now,
+                key=f"activated/{manifest.name}",
+            )
+            if self._on_activated is not None:
+                self._on_activated(manifest)
+
+    def _peer_activated(self, envelope: Envelope) -> None:
+        try:
+            news = orjson.loads(envelope.payload)
+            name, version = str(news["name"]), str(news["version"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self.bad_envelopes += 1
+            log.warning("%s: bad activation news from %s: %r", self.name, envelope.source, exc)
+            return
+        self.peer_active[name] = version
 
     def status(self) -> dict[str, object]:
         stats = self.spool.stats()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 256 * 1024
+CURRENT = "current"  # blobs/<name>/current: a symlink to the active version
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 MAX_CHUNKS = 1 << 20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # never "." or "..": no path tricks
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_TOPIC, CHUNK_TOPIC, NEED_TOPIC = "transfer.manifest", "transfer.chunk", "transfer.need"
 
@@ -69,6 +71,10 @@ class Manifest:
         for field, value in (("name", self.name), ("version", self.version)):
             if not _NAME.match(value):
                 raise ValueError(f"manifest {field} {value!r} must match {_NAME.pattern}")
+        if self.version == CURRENT:
+            raise ValueError(
+                f"manifest version {CURRENT!r} is reserved (the active version's link)"
+            )
         if self.size < 0:
             raise ValueError(f"manifest size must be a non-negative integer, not {self.size}")
         if not _DIGEST.match(self.sha256):
@@ -286,6 +292,8 @@ class TransferReceiver:
         """Assemble, verify the whole blob and make it the active version (the old one is
         kept as ``previous``). Returns [] on success, else the chunks found bad on disk,
         which are cleared from the bitmap so that they are asked for again."""
+        if self.active(manifest.name)[0] == manifest.version:
+            return []  # done already (its chunks are gone with the partial directory)
         if not self.complete(manifest):
             return self.missing(manifest)
         partial = self._partial(manifest)
@@ -322,7 +330,27 @@ class TransferReceiver:
                 "current = excluded.current, previous = COALESCE(excluded.previous, previous)",
                 (manifest.name, manifest.version, previous),
             )
+        self._point_current(manifest.name)
+        # The chunks are in the blob now, and only current and previous are kept: a node's
+        # disk holds two versions of a model, not every one it was ever sent.
+        shutil.rmtree(partial, ignore_errors=True)
+        keep = set(self.active(manifest.name))
+        for old in target.parent.iterdir():
+            if old.name not in keep and old.name != CURRENT:
+                old.unlink(missing_ok=True)
         return []
+
+    def _point_current(self, name: str) -> None:
+        """``blobs/<name>/current`` -> the active version, swapped atomically: what runs on
+        the node opens that path and finds a whole, verified blob."""
+        current = self.active(name)[0]
+        if current is None:
+            return
+        link = self.directory / "blobs" / name / CURRENT
+        tmp = link.with_name(f".{CURRENT}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(current)
+        os.replace(tmp, link)
 
     def active(self, name: str) -> tuple[str | None, str | None]:
         """(current, previous) versions of ``name``."""
@@ -341,6 +369,7 @@ class TransferReceiver:
                 "UPDATE active SET current = ?, previous = ? WHERE name = ?",
                 (previous, current, name),
             )
+        self._point_current(name)
         return previous
 
     def need_message(self, manifest: Manifest, chunks: list[int]) -> bytes:

@@ -85,7 +85,9 @@ async def post(port: int, worker: str, data: Any, *, raw: bytes | None = None) -
 
 async def test_the_http_contract_and_the_summary_sent_upstream(tmp_path: Path) -> None:
     reports = Reports()
-    context = EdgeContext("edge-0", tmp_path, reports, asyncio.get_running_loop())
+    context = EdgeContext(
+        "edge-0", tmp_path, reports, asyncio.get_running_loop(), lambda _: None, tmp_path / "blobs"
+    )
     lc = local_controller(port=0)(context)
     assert isinstance(lc, LocalController)
     await lc.start()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from orbiter.orchestration.client import PODS
 from orbiter.orchestration.edge.core import EdgeCore
+from orbiter.orchestration.edge.extensions import EdgeContext
 from orbiter.orchestration.protocol.transfers import build_manifest
 from orbiter.satellite.contacts import Contact, ContactPlan
 from orbiter.satellite.link import GilbertElliott, LinkConfig, LinkModel
@@ -66,8 +67,24 @@ class SatelliteCluster(Cluster):
             reconnect_backoff=(0.05, 0.2),  # dial again soon after a window opens
             ack_timeout=2.0,
             join_address=f"127.0.0.1:{self.cloud.join.port}",
-            extensions=(),
+            extensions=self._extensions or (),
         )
+
+
+class BlobWatcher:
+    """What runs on board and wants the models the ground sends (an EdgeCore extension)."""
+
+    seen: list[tuple[str, str, Path]] = []
+
+    def __init__(self, context: EdgeContext) -> None:
+        self.context = context
+        context.on_blob(lambda name, version, path: self.seen.append((name, version, path)))
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -101,7 +118,8 @@ def pod_manifest() -> dict[str, Any]:
 async def test_a_satellite_node_joins_gets_a_pod_and_a_model_and_reports_between_passes(
     tmp_path: Path, proxy: ContactProxy
 ) -> None:
-    async with SatelliteCluster(tmp_path, proxy, edges=1, extensions=()) as cluster:
+    BlobWatcher.seen.clear()
+    async with SatelliteCluster(tmp_path, proxy, edges=1, extensions=[BlobWatcher]) as cluster:
         edge = cluster.edges[0]
         client = cluster.client
         assert cluster.cloud.sync is not None and edge.sync is not None
@@ -131,6 +149,19 @@ async def test_a_satellite_node_joins_gets_a_pod_and_a_model_and_reports_between
         assert hashlib.sha256(blob).hexdigest() == manifest.sha256
         uplink_passes = [s for s in proxy.stats.values() if s.up > 100_000]
         assert len(uplink_passes) >= 2  # it could not fit one pass: it was resumed
+        # What runs on board was told, and finds it at the stable "current" path.
+        assert BlobWatcher.seen == [
+            ("detector", "v1", edge.sync.receiver.blob_path("detector", "v1"))
+        ]
+        current = edge.sync.receiver.directory / "blobs" / "detector" / "current"
+        assert current.read_bytes() == data
+
+        # The ground learns, in a later pass, that the model is in use on board.
+        async def known_on_the_ground() -> bool:
+            assert cluster.cloud.sync is not None
+            return cluster.cloud.sync.activated(NODE, "detector") == "v1"
+
+        await until(known_on_the_ground, "the activation reported to the ground", within=60)
 
         # Between passes the node is cut off and runs alone: the pod finishes offline.
         async def offline() -> bool:

@@ -271,7 +271,8 @@ def test_activation_never_leaves_a_partial_blob(tmp_path: Path) -> None:
                 break
             assert not target.exists()
         assert target.read_bytes() == data
-        assert sorted(p.name for p in target.parent.iterdir()) == ["v3"]
+        assert sorted(p.name for p in target.parent.iterdir()) == ["current", "v3"]
+        assert (target.parent / "current").read_bytes() == data  # the link to the active one
         assert sat.receiver.activate(manifest) == []  # idempotent
         assert sat.receiver.active("model") == ("v3", None)
     finally:
