@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS spool (
 CREATE UNIQUE INDEX IF NOT EXISTS spool_key ON spool (key) WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+log = logging.getLogger(__name__)
 
 _INF = float("inf")
 _SEQ_BLOCK = 1024
@@ -169,6 +172,7 @@ class Spool:
         expires = None if ttl is None else now + ttl
         shed = self._make_room(charged, priority)
         if shed is None:
+            log.warning("%s: storage quota: refused a %s message", self.source, priority.name)
             with self._tx():
                 self._bump(f"shed.{priority.name.lower()}")
                 if self._next > self._reserved:
@@ -200,6 +204,8 @@ class Spool:
             for victim in shed:
                 if victim != old:
                     self._bump(f"shed.{self._rows[victim].priority.name.lower()}")
+        if shed:
+            log.warning("%s: storage quota: shed %d bulk message(s)", self.source, len(shed))
         if old is not None:
             self._forget(old)
         for victim in shed:
@@ -372,6 +378,8 @@ class Spool:
             self._db.executemany("DELETE FROM spool WHERE seq = ?", ((s,) for s in dead))
             for seq in dead:
                 self._bump(f"expired.{self._rows[seq].priority.name.lower()}")
+        classes = sorted({self._rows[s].priority.name.lower() for s in dead})
+        log.warning("%s: %d message(s) expired unsent (%s)", self.source, len(dead), classes)
         for seq in dead:
             self._forget(seq)
         return len(dead)
