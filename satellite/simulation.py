@@ -180,11 +180,11 @@ class SatelliteRun:
         )
 
     def offer_models(self, endpoint: SyncEndpoint) -> None:
-        """(Re-)offer every model due by now: after a ground restart the spool's keys make
-        this idempotent, and the chunk sources are back in memory."""
+        """After a ground restart: the models offered so far are still spooled; give the
+        sender back where their chunks are read from (for chunks asked for again)."""
         for record in self.models:
             manifest, data = self._model_data[record.name]
-            endpoint.sender._sources[manifest.key] = (manifest, _reader(manifest, data))
+            endpoint.sender.attach(manifest, _reader(manifest, data))
 
     def activated(self, manifest: Manifest) -> None:
         for record in self.models:

@@ -149,6 +149,11 @@ class TransferSender:
         self._spool = spool
         self._sources: dict[str, tuple[Manifest, Callable[[int], bytes]]] = {}
 
+    def attach(self, manifest: Manifest, read_chunk: Callable[[int], bytes]) -> None:
+        """After a restart: where a blob offered earlier (still spooled) reads its chunks, so
+        that a receiver's request for chunks found bad can be served. Spools nothing."""
+        self._sources[manifest.key] = (manifest, read_chunk)
+
     def offer(
         self,
         manifest: Manifest,
