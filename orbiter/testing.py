@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -180,9 +180,13 @@ class Cluster:
     of nodes stopped with ``stop_edge``.
 
     ``upstream`` replaces the cloud's upstream handlers and ``extensions`` what the nodes
-    run inside (as ``Cloud``'s and ``EdgeCore``'s). By default each node runs the AI local
-    controller on a free port (``lc_port(node)``); it announces its URL, so workers the
-    global manager pins to that node (``nodeName``) get it as ``LC_SERVER``.
+    run inside (as ``Cloud``'s and ``EdgeCore``'s). ``dial(node, hub_port)`` returns the
+    local port a node dials instead of CloudHub's own: put a proxy in between (a
+    ``satellite.ContactProxy`` to make it a satellite); ``reconnect_backoff`` and
+    ``ack_timeout`` are the nodes' (short ones suit links that come and go). By default
+    each node runs the AI local controller on a free port (``lc_port(node)``); it announces
+    its URL, so workers the global manager pins to that node (``nodeName``) get it as
+    ``LC_SERVER``.
     """
 
     def __init__(
@@ -201,6 +205,9 @@ class Cluster:
         mqtt_broker: str | None = None,
         upstream: Mapping[str, UpstreamFactory] | None = None,
         extensions: Iterable[EdgeExtensionFactory] | None = None,
+        dial: Callable[[str, int], int] | None = None,
+        reconnect_backoff: tuple[float, float] = (1.0, 30.0),
+        ack_timeout: float = 10.0,
     ) -> None:
         if edges < 0:
             raise ValueError(f"edges must be >= 0, not {edges}")
@@ -212,6 +219,9 @@ class Cluster:
         self._grace = grace
         self._mqtt_broker = mqtt_broker
         self._extensions = None if extensions is None else list(extensions)
+        self._dial = dial
+        self._reconnect_backoff = reconnect_backoff
+        self._ack_timeout = ack_timeout
         self._cloud = Cloud(
             self.data_dir / "cloud",
             store_url=store_url,
@@ -357,10 +367,13 @@ class Cluster:
 
     def _edge(self, i: int) -> EdgeCore:
         assert self._cloud.hub is not None and self._cloud.join is not None
+        name, port = f"edge-{i}", self._cloud.hub.port
+        if self._dial is not None:
+            port = self._dial(name, port)
         return EdgeCore(
             self.edge_dir(i),
-            cloud_url=f"wss://127.0.0.1:{self._cloud.hub.port}",
-            node_name=f"edge-{i}",
+            cloud_url=f"wss://127.0.0.1:{port}",
+            node_name=name,
             metaserver_port=0,
             mqtt_port=0,
             mqtt_broker=self._mqtt_broker,
@@ -369,6 +382,8 @@ class Cluster:
             images=self._images,
             join_address=f"127.0.0.1:{self._cloud.join.port}",
             extensions=[local_controller(port=0)] if self._extensions is None else self._extensions,
+            reconnect_backoff=self._reconnect_backoff,
+            ack_timeout=self._ack_timeout,
         )
 
 

@@ -163,29 +163,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.transport.abort()
 
 
-class ProxiedCluster(Cluster):
-    """``Cluster`` whose edges dial CloudHub through ``proxy``, with a short reconnect."""
+def proxied(proxy: Proxy) -> Callable[[str, int], int]:
+    """``Cluster(dial=...)``: the nodes dial CloudHub through ``proxy``."""
 
-    def __init__(self, data_dir: Path, proxy: Proxy, **options: Any) -> None:
-        super().__init__(data_dir, **options)
-        self.proxy = proxy
+    def dial(node: str, hub_port: int) -> int:
+        proxy.target_port = hub_port
+        return proxy.port
 
-    def _edge(self, i: int) -> EdgeCore:
-        assert self.cloud.hub is not None and self.cloud.join is not None
-        self.proxy.target_port = self.cloud.hub.port
-        return EdgeCore(
-            self.edge_dir(i),
-            cloud_url=f"wss://127.0.0.1:{self.proxy.port}",
-            node_name=f"edge-{i}",
-            metaserver_port=0,
-            mqtt_port=0,
-            heartbeat=HEARTBEAT,
-            status_interval=STATUS_INTERVAL,
-            reconnect_backoff=RECONNECT,
-            join_address=f"127.0.0.1:{self.cloud.join.port}",
-            # Only what the test asks for: these tests are about the node's own autonomy.
-            extensions=self._extensions or (),
-        )
+    return dial
 
 
 @pytest.fixture
@@ -270,10 +255,12 @@ async def objectsync_mismatches(client: Client, node: str, expected: set[str]) -
 
 
 async def test_cut_link_restart_edge_and_reconnect(tmp_path: Path, proxy: Proxy) -> None:
-    async with ProxiedCluster(
+    async with Cluster(
         tmp_path,
-        proxy,
         edges=1,
+        dial=proxied(proxy),
+        reconnect_backoff=RECONNECT,
+        extensions=(),  # these tests are about the node's own autonomy
         sync_period=SYNC_PERIOD,
         heartbeat=HEARTBEAT,
         status_interval=STATUS_INTERVAL,

@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from orbiter.orchestration.client import PODS
-from orbiter.orchestration.edge.core import EdgeCore
 from orbiter.orchestration.edge.extensions import EdgeContext
 from orbiter.orchestration.protocol.transfers import build_manifest
 from orbiter.satellite.contacts import Contact, ContactPlan
@@ -46,29 +45,14 @@ def compressed_plan(start: float, passes: int) -> ContactPlan:
     return ContactPlan(contacts)
 
 
-class SatelliteCluster(Cluster):
-    """A cluster whose node dials CloudHub through the contact proxy."""
+def through(proxy: ContactProxy) -> Callable[[str, int], int]:
+    """``Cluster(dial=...)``: the node dials CloudHub through the contact proxy."""
 
-    def __init__(self, data_dir: Path, proxy: ContactProxy, **options: Any) -> None:
-        super().__init__(data_dir, **options)
-        self.proxy = proxy
+    def dial(node: str, hub_port: int) -> int:
+        proxy.target = ("127.0.0.1", hub_port)
+        return proxy.port
 
-    def _edge(self, i: int) -> EdgeCore:
-        assert self.cloud.hub is not None and self.cloud.join is not None
-        self.proxy.target = ("127.0.0.1", self.cloud.hub.port)
-        return EdgeCore(
-            self.edge_dir(i),
-            cloud_url=f"wss://127.0.0.1:{self.proxy.port}",
-            node_name=f"edge-{i}",
-            metaserver_port=0,
-            mqtt_port=0,
-            heartbeat=1.0,
-            status_interval=0.5,
-            reconnect_backoff=(0.05, 0.2),  # dial again soon after a window opens
-            ack_timeout=2.0,
-            join_address=f"127.0.0.1:{self.cloud.join.port}",
-            extensions=self._extensions or (),
-        )
+    return dial
 
 
 class BlobWatcher:
@@ -119,7 +103,14 @@ async def test_a_satellite_node_joins_gets_a_pod_and_a_model_and_reports_between
     tmp_path: Path, proxy: ContactProxy
 ) -> None:
     BlobWatcher.seen.clear()
-    async with SatelliteCluster(tmp_path, proxy, edges=1, extensions=[BlobWatcher]) as cluster:
+    async with Cluster(
+        tmp_path,
+        edges=1,
+        extensions=[BlobWatcher],
+        dial=through(proxy),
+        reconnect_backoff=(0.05, 0.2),  # dial again soon after a window opens
+        ack_timeout=2.0,
+    ) as cluster:
         edge = cluster.edges[0]
         client = cluster.client
         assert cluster.cloud.sync is not None and edge.sync is not None
