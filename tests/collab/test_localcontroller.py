@@ -31,7 +31,7 @@ from orbiter.orchestration.protocol import UPDATE, Message
 from orbiter.testing import Cluster
 
 from ..converging import until
-from ..orchestration.test_autonomy import ProxiedCluster, Proxy
+from ..orchestration.test_autonomy import Proxy, proxied_cluster
 from .test_globalmanager import JI, NS, WAIT, condition, service, start_models
 
 KIND = "jointinferenceservice"
@@ -319,7 +319,7 @@ async def test_reports_made_while_cut_off_arrive_when_the_link_is_back(tmp_path:
     proxy = Proxy()
     await proxy.start()
     try:
-        async with ProxiedCluster(
+        async with proxied_cluster(
             tmp_path / "c", proxy, edges=1, extensions=[local_controller(port=0)]
         ) as cluster:
             await cluster.wait_ready(WAIT)

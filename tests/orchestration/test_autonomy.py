@@ -173,6 +173,16 @@ def proxied(proxy: Proxy) -> Callable[[str, int], int]:
     return dial
 
 
+def proxied_cluster(data_dir: Path, proxy: Proxy, **options: Any) -> Cluster:
+    """A ``Cluster`` whose edges dial through ``proxy``, with short periods and reconnects,
+    and only the extensions asked for (these tests are about the node's own autonomy)."""
+    options.setdefault("heartbeat", HEARTBEAT)
+    options.setdefault("status_interval", STATUS_INTERVAL)
+    options.setdefault("reconnect_backoff", RECONNECT)
+    options.setdefault("extensions", ())
+    return Cluster(data_dir, dial=proxied(proxy), **options)
+
+
 @pytest.fixture
 async def proxy() -> AsyncIterator[Proxy]:
     p = Proxy()
@@ -255,12 +265,10 @@ async def objectsync_mismatches(client: Client, node: str, expected: set[str]) -
 
 
 async def test_cut_link_restart_edge_and_reconnect(tmp_path: Path, proxy: Proxy) -> None:
-    async with Cluster(
+    async with proxied_cluster(
         tmp_path,
+        proxy,
         edges=1,
-        dial=proxied(proxy),
-        reconnect_backoff=RECONNECT,
-        extensions=(),  # these tests are about the node's own autonomy
         sync_period=SYNC_PERIOD,
         heartbeat=HEARTBEAT,
         status_interval=STATUS_INTERVAL,

@@ -19,7 +19,7 @@ from orbiter.testing import Cluster
 
 from ..converging import until
 from ..fixtures.mosquitto import running_mosquitto
-from .test_autonomy import ProxiedCluster, Proxy
+from .test_autonomy import Proxy, proxied_cluster
 
 NS = "default"
 WAIT = 30.0
@@ -165,7 +165,7 @@ async def test_reports_made_while_cut_off_reach_the_cloud_latest_winning(
     proxy = Proxy()
     await proxy.start()
     try:
-        async with ProxiedCluster(tmp_path / "c", proxy, edges=1) as cluster:
+        async with proxied_cluster(tmp_path / "c", proxy, edges=1) as cluster:
             await on_node(cluster)
             host, port = cluster.edges[0].devices.mqtt_address
             proxy.cut()
