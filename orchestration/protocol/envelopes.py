@@ -157,6 +157,7 @@ def _str(h: dict[str, Any], name: str) -> str:
 
 def _int(h: dict[str, Any], name: str) -> int:
     value = h.get(name, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise EnvelopeError(f"envelope field {name!r} must be a non-negative integer")
+    # Bounded by SQLite's INTEGER, where sequences, versions and floors are stored.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise EnvelopeError(f"envelope field {name!r} must be an integer in [0, 2**63)")
     return value

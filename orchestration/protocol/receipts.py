@@ -87,6 +87,15 @@ class RangeSet:
             self._lo.insert(i, n)
             self._hi.insert(i, n)
 
+    @classmethod
+    def from_ranges(cls, ranges: list[tuple[int, int]]) -> RangeSet:
+        """From ranges already sorted and merged (as ``ranges()`` gives): no adding one by
+        one, since a range may be huge."""
+        made = cls()
+        made._lo = [lo for lo, _ in ranges]
+        made._hi = [hi for _, hi in ranges]
+        return made
+
     def prune_below(self, floor: int) -> None:
         while self._lo and self._hi[0] < floor:
             del self._lo[0], self._hi[0]
@@ -159,7 +168,7 @@ class Receipts:
         source, seq = envelope.ident
         seen = self._seen.setdefault(source, RangeSet())
         floor = self._floors.get(source, 0)
-        if seq < floor or seq in seen:
+        if self.seen(envelope):
             self._ack_later(source, seq)
             self._note("duplicate")
             return Verdict.DUPLICATE
@@ -223,10 +232,7 @@ class Receipts:
             if not ranges:
                 continue
             send, keep = ranges[:MAX_ACK_RANGES], ranges[MAX_ACK_RANGES:]
-            rest = RangeSet()  # already sorted and merged: no need to add (a range may be huge)
-            rest._lo = [lo for lo, _ in keep]
-            rest._hi = [hi for _, hi in keep]
-            self._to_ack[source] = rest
+            self._to_ack[source] = RangeSet.from_ranges(keep)
             payload = orjson.dumps([[lo, hi] for lo, hi in send])
             out.append(
                 Envelope(

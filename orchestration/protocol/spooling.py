@@ -15,6 +15,7 @@ committed); a simulator may pass OFF, which still survives a process crash.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import logging
@@ -349,11 +350,14 @@ class Spool:
     def acknowledge_ranges(self, ranges: Iterable[tuple[int, int]]) -> int:
         """``acknowledge`` every spooled seq within the inclusive ranges."""
         seqs: list[int] = []
+        spooled: list[int] | None = None  # in order: rows are only ever added at a new seq
         for lo, hi in ranges:
-            if hi - lo < len(self._rows):
+            if hi - lo < 64:
                 seqs.extend(s for s in range(lo, hi + 1) if s in self._rows)
-            else:
-                seqs.extend(s for s in self._rows if lo <= s <= hi)
+                continue
+            if spooled is None:
+                spooled = list(self._rows)
+            seqs.extend(spooled[bisect.bisect_left(spooled, lo) : bisect.bisect_right(spooled, hi)])
         return self.acknowledge(seqs)
 
     def resend_all(self) -> None:

@@ -78,6 +78,7 @@ class SyncEndpoint:
         self._on_activated = on_activated
         self.connected = False
         self.bad_envelopes = 0
+        self.unhandled = 0
         # What the peer reports it activated of what this end sent: name -> version (since
         # this process started; the peer's report is spooled there until it gets here).
         self.peer_active: dict[str, str] = {}
@@ -144,6 +145,16 @@ class SyncEndpoint:
                     log.warning("%s: bad ACK from %s: %s", self.name, envelope.source, exc)
             return None
         handler = self._handlers.get(envelope.topic)
+        if handler is None:
+            # Acknowledged (it would only come again) but counted and logged, not dropped
+            # as if applied.
+            self.unhandled += 1
+            log.warning(
+                "%s: no handler for topic %r from %s",
+                self.name,
+                envelope.topic[:64],
+                envelope.source,
+            )
         verdict = self.receipts.receive(envelope, handler)
         if verdict is Verdict.APPLIED:
             if envelope.topic == CHUNK_TOPIC:

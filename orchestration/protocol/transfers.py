@@ -39,6 +39,7 @@ CHUNK_SIZE = 256 * 1024
 CURRENT = "current"  # blobs/<name>/current: a symlink to the active version
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 MAX_CHUNKS = 1 << 20
+MAX_BLOB = 4 * 1024**3  # a receiver's default cap on one blob
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # never "." or "..": no path tricks
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 MANIFEST_TOPIC, CHUNK_TOPIC, NEED_TOPIC = "transfer.manifest", "transfer.chunk", "transfer.need"
@@ -221,8 +222,11 @@ class TransferReceiver:
     """Reassembles blobs under ``directory``; its tables live in ``db`` (the receipts'
     database, so a chunk's bitmap bit commits with its receipt)."""
 
-    def __init__(self, directory: Path | str, db: sqlite3.Connection) -> None:
+    def __init__(
+        self, directory: Path | str, db: sqlite3.Connection, *, max_blob_bytes: int = MAX_BLOB
+    ) -> None:
         self.directory = Path(directory)
+        self.max_blob_bytes = max_blob_bytes  # the peer decides what it sends; not our disk
         (self.directory / "partial").mkdir(parents=True, exist_ok=True)
         (self.directory / "blobs").mkdir(parents=True, exist_ok=True)
         self._db = db
@@ -238,6 +242,12 @@ class TransferReceiver:
             # Not retryable: the same bytes would come again. Accept and ignore, loudly.
             self.refused += 1
             raise ValueError(f"bad manifest from {envelope.source}: {exc}") from None
+        if manifest.size > self.max_blob_bytes:
+            self.refused += 1
+            raise ValueError(
+                f"{envelope.source} offers {manifest.key} of {manifest.size} bytes, over the "
+                f"{self.max_blob_bytes}-byte cap"
+            )
         db.execute(
             "INSERT INTO transfers VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (manifest.name, manifest.version, orjson.dumps(manifest.to_dict())),

@@ -137,6 +137,7 @@ def _good(**change: object) -> dict[str, object]:
         struct.pack("!I", 2) + b"[]",
         _frame({**_good(), "crc": 0}, b"x"),
         _frame(_good(seq=-1, crc=0)),
+        _frame(_good(seq=2**63, crc=0)),  # past SQLite's INTEGER, where it would be stored
         _frame(_good(seq="1", crc=0)),
         _frame(_good(pri=9, crc=0)),
         _frame(_good(kind="gossip", crc=0)),
@@ -180,6 +181,20 @@ def test_a_well_framed_but_malformed_payload_never_crashes(
         env = Envelope("ground", 5, Priority.CONTROL, kind, topic=topic, payload=payload)
         ep.incoming_frame(env.encode(), 0.0)
         assert ep.bad_envelopes == 1 and seq in ep.spool
+    finally:
+        ep.close()
+
+
+def test_a_topic_nobody_handles_is_acknowledged_but_counted(tmp_path: Path) -> None:
+    activated: list[Manifest] = []
+    ep = _open(tmp_path, "sat", activated)
+    try:
+        odd = Envelope("ground", 3, Priority.RESULT, topic="telepathy", payload=b"?")
+        assert ep.incoming_frame(odd.encode(), 0.0) is Verdict.APPLIED  # sent again: no use
+        assert ep.unhandled == 1 and ep.receipts.acks_due()
+        event = Envelope("ground", 4, Priority.RESULT, topic="event", payload=b"e")
+        ep.incoming_frame(event.encode(), 0.0)
+        assert ep.unhandled == 1
     finally:
         ep.close()
 

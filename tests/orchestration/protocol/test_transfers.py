@@ -159,6 +159,25 @@ def test_a_blob_resumes_over_passes_and_never_resends_an_acknowledged_chunk(
         sat.close()
 
 
+def test_a_blob_over_the_receivers_cap_is_refused(tmp_path: Path) -> None:
+    sat = _endpoint(tmp_path, "sat")
+    ground = _endpoint(tmp_path, "ground")
+    sat.receiver.max_blob_bytes = 5000  # the peer decides what it offers, not our disk
+    data = _blob(3)
+    manifest = build_manifest("model", "v1", data, CHUNK)
+    try:
+        ground.offer(manifest, _reader(data), now=0.0)
+        for n in range(5):
+            _contact(ground, sat, float(n), budget=1 << 20)
+        assert sat.receiver.refused >= 1
+        assert sat.receiver.manifest("model", "v1") is None
+        assert sat.receiver.active("model") == (None, None)
+        assert not any((sat.receiver.directory / "partial").iterdir())
+    finally:
+        ground.close()
+        sat.close()
+
+
 def test_a_chunk_corrupted_in_transit_is_refused_and_sent_again(tmp_path: Path) -> None:
     data = _blob(3)
     manifest = build_manifest("model", "v1", data, CHUNK)
