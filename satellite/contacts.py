@@ -60,12 +60,13 @@ class ContactPlan:
         self.contacts: tuple[Contact, ...] = tuple(
             sorted(contacts, key=lambda c: (c.start, c.satellite, c.station))
         )
-        self._by_sat: dict[str, tuple[Contact, ...]] = {}
+        by_sat: dict[str, list[Contact]] = {}
         for c in self.contacts:
-            self._by_sat.setdefault(c.satellite, ())
-        for sat in self._by_sat:
-            self._by_sat[sat] = tuple(c for c in self.contacts if c.satellite == sat)
-        self._starts = {s: [c.start for c in cs] for s, cs in self._by_sat.items()}
+            by_sat.setdefault(c.satellite, []).append(c)
+        self._by_sat = {s: tuple(cs) for s, cs in by_sat.items()}
+        self._starts = {s: [c.start for c in cs] for s, cs in by_sat.items()}
+        # The longest contact bounds how far back one that covers a time can have started.
+        self._longest = {s: max(c.duration for c in cs) for s, cs in by_sat.items()}
 
     def __iter__(self) -> Iterator[Contact]:
         return iter(self.contacts)
@@ -86,8 +87,9 @@ class ContactPlan:
     def current(self, satellite: str, t: float) -> Contact | None:
         """The contact ``satellite`` is in at ``t`` (the one ending last if they overlap)."""
         contacts = self._by_sat.get(satellite, ())
-        i = bisect.bisect_right(self._starts.get(satellite, []), t)
-        live = [c for c in contacts[max(0, i - 8) : i] if c.covers(t)]
+        starts = self._starts.get(satellite, [])
+        first = bisect.bisect_left(starts, t - self._longest.get(satellite, 0.0))
+        live = [c for c in contacts[first : bisect.bisect_right(starts, t)] if c.covers(t)]
         return max(live, key=lambda c: c.end) if live else None
 
     def next_contact(self, satellite: str, t: float) -> Contact | None:
@@ -98,14 +100,6 @@ class ContactPlan:
         contacts = self._by_sat.get(satellite, ())
         i = bisect.bisect_right(self._starts.get(satellite, []), t)
         return contacts[i] if i < len(contacts) else None
-
-    def after(self, satellite: str, t: float) -> tuple[Contact, ...]:
-        """Contacts of ``satellite`` starting at or after ``t``."""
-        contacts = self._by_sat.get(satellite, ())
-        return contacts[bisect.bisect_left(self._starts.get(satellite, []), t) :]
-
-    def between(self, start: float, end: float) -> ContactPlan:
-        return ContactPlan(c for c in self.contacts if c.end > start and c.start < end)
 
     def merged(self, satellite: str) -> tuple[Contact, ...]:
         """``satellite``'s contacts with overlapping (or touching) ones across stations joined
@@ -127,21 +121,6 @@ class ContactPlan:
                 max_elevation=max(last.max_elevation, c.max_elevation),
             )
         return tuple(out)
-
-    def shifted(self, offset: float) -> ContactPlan:
-        """The same plan with every time moved by ``offset`` seconds."""
-        return ContactPlan(
-            Contact(
-                c.start + offset,
-                c.end + offset,
-                c.satellite,
-                c.station,
-                c.rate_down,
-                c.rate_up,
-                c.max_elevation,
-            )
-            for c in self.contacts
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,7 +332,9 @@ class PassLink:
         """Bytes that get through in [t0, t1)."""
         if t1 <= t0:
             return 0
-        return self.delivered(direction, t1) - self.delivered(direction, t0)
+        # t0 first: it is the previous call's t1, which ``delivered`` remembers.
+        start = self.delivered(direction, t0)
+        return self.delivered(direction, t1) - start
 
     def lost_fraction(self, direction: Direction) -> float:
         """Share of the frames sent so far (up to the latest query) that were lost."""

@@ -19,6 +19,9 @@ from typing import Any
 
 from .contacts import Contact, ContactPlan
 
+# ION lines are split on blanks and '#' starts a comment; '+' joins merged stations.
+_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+
 __all__ = [
     "dump_ion",
     "load_ion",
@@ -85,8 +88,10 @@ def plan_from_data(items: object) -> ContactPlan:
                 raise ValueError(f"window {i}: missing {key!r}")
         values: dict[str, Any] = {}
         for key in ("satellite", "station"):
-            if not isinstance(item[key], str) or not item[key]:
-                raise ValueError(f"window {i}: {key!r} must be a non-empty string")
+            if not isinstance(item[key], str) or not _NODE_NAME.match(item[key]):
+                raise ValueError(
+                    f"window {i}: {key!r} must be a name of letters, digits, '.', '_' or '-'"
+                )
             values[key] = item[key]
         for key, parse in (("start", _time), ("end", _time), ("rateDown", _number),
                            ("rateUp", _number), ("maxElevation", _number)):  # fmt: skip
@@ -116,6 +121,7 @@ def plan_from_data(items: object) -> ContactPlan:
 
 def _fmt(x: float) -> str:
     # repr() round-trips a float exactly; whole numbers stay free of a trailing ".0".
+    x = float(x)  # a Contact keeps ints as given, and int has no is_integer() before 3.12
     return str(int(x)) if x.is_integer() and abs(x) < 2**53 else repr(x)
 
 

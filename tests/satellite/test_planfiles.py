@@ -48,7 +48,10 @@ def _window(**changes: Any) -> dict[str, Any]:
         (_window(rateUp=True), "window 2: 'rateUp' must be a number"),
         (_window(rateUp=-1.0), "window 2: 'rateUp' must not be negative"),
         (_window(station=None), "window 2: missing 'station'"),
-        (_window(satellite=""), "window 2: 'satellite' must be a non-empty string"),
+        (_window(satellite=""), "window 2: 'satellite' must be a name"),
+        # A blank or '#' would not survive an ION file; '+' joins merged stations.
+        (_window(satellite="sat a"), "window 2: 'satellite' must be a name"),
+        (_window(station="g#1"), "window 2: 'station' must be a name"),
         (_window(start="2024-03-24T00:00:00"), "window 2: 'start' time .* has no UTC offset"),
         (_window(start="tomorrow"), "window 2: 'start' 'tomorrow' is neither a number"),
         (_window(maxElevation=float("nan")), "window 2: 'maxElevation' must be a number"),
@@ -159,3 +162,19 @@ def test_plan_stats_uses_merged_contacts() -> None:
     assert stats.longest_gap_s == max(b - a - 480 for a, b in itertools.pairwise(starts))
     empty = plan_stats(ContactPlan(), "s", days=1)
     assert (empty.passes_per_day, empty.longest_gap_s) == (0.0, 86_400.0)
+
+
+def test_whole_number_times_given_as_ints_dump_to_ion() -> None:
+    plan = ContactPlan([Contact(0, 300, "sat-0", "ground", 50e6, 1e6)])
+    assert load_ion(dump_ion(plan)).contacts[0].end == 300
+
+
+def test_a_long_contact_is_current_behind_many_short_ones() -> None:
+    # One station sees the satellite for 1000 s while eight others pass in and out.
+    long = Contact(0, 1000, "s", "big-dish", 50e6, 1e6)
+    short = [Contact(10 + 20 * k, 15 + 20 * k, "s", f"g{k}", 50e6, 1e6) for k in range(8)]
+    plan = ContactPlan([long, *short])
+    assert plan.current("s", 500) == long
+    assert plan.next_contact("s", 500) == long
+    assert plan.current("s", 12) in (long, short[0])
+    assert plan.current("s", 1000) is None
