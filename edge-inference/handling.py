@@ -137,6 +137,11 @@ class InferenceService:
     def rejected(self, name: str, version: str, protocol: str) -> None:
         """Counts a failed request (transports call it for requests they could not decode)."""
         model = name if name in self._batchers or _known(self.repository, name) else ""
+        # Labels a peer chooses would be new series without end: only a served version
+        # keeps its own.
+        current = self.repository.current(model) if model else None
+        if current is None or version not in current.labels:
+            version = ""
         self.metrics.request(model, version, protocol, False, 0.0)
 
     @staticmethod

@@ -224,7 +224,9 @@ class ModelRepository:
         return entry
 
     def _directory(self, name: str) -> Path | None:
-        if self.root is None:
+        # A name comes from a peer's URL or gRPC field: one plain path segment, or nothing
+        # (no "..", no "/tmp/x": the repository is the only place models load from).
+        if self.root is None or name in ("", ".", "..") or "/" in name or "\\" in name:
             return None
         path = self.root / name
         return path if path.is_dir() else None

@@ -84,7 +84,10 @@ def create_api(service: InferenceService) -> FastAPI:
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> Response:
         body = await _optional_json(request)
-        return _json(service.repository_index(bool(body.get("ready", False))))
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"'ready' must be true or false, not {ready!r}")
+        return _json(service.repository_index(ready))
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str) -> Response:
@@ -105,7 +108,8 @@ def create_api(service: InferenceService) -> FastAPI:
 
 
 async def _optional_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
+    # A few bytes of options: read against a small cap, not however much a peer sends.
+    body = await _read_body(request.receive, _OPTIONS_CAP)
     if not body.strip():
         return {}
     try:
@@ -195,6 +199,9 @@ def _too_large(size: int, cap: int) -> RequestTooLarge:
         f"request body of {size} bytes exceeds the server's limit of {cap} bytes "
         f"(max_request_bytes)"
     )
+
+
+_OPTIONS_CAP = 64 * 1024
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes:

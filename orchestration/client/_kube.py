@@ -35,7 +35,12 @@ Prepare = Callable[[Any], Awaitable[None]]
 def resource_path(
     res: Resource, namespace: str | None = None, name: str = "", subresource: str = ""
 ) -> str:
-    """``/api/v1/namespaces/ns/pods/name/status`` and the like; names are URL-quoted."""
+    """``/api/v1/namespaces/ns/pods/name/status`` and the like; names are URL-quoted.
+    "." and ".." survive quoting and a URL library folds them away (``namespaces/../pods``
+    would list every namespace's pods): they are refused, as Kubernetes refuses them."""
+    for value in (namespace, name):
+        if value in (".", ".."):
+            raise ValueError(f"{value!r} may not be a namespace or object name")
     parts = [f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"]
     if res.namespaced and namespace:
         parts.append(f"namespaces/{quote(namespace, safe='')}")

@@ -3,6 +3,7 @@ the repository RPCs, and status codes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ import pytest
 from orbiter.inference.protos import grpc_predict_v2_pb2 as pb
 
 from .conftest import CAP
-from .models import linear
+from .models import linear, linear_model, write_model
 
 X = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.float32)
 
@@ -137,3 +138,14 @@ async def test_not_found_unavailable_and_cap(stub: Any) -> None:
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"))
     )
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_model_name_cannot_reach_outside_the_repository(
+    stub: Any, repo: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    write_model(outside, "evil", 1, linear_model())
+    for name in (str(outside / "evil"), "../outside/evil", "..", ""):
+        request = pb.RepositoryModelLoadRequest(model_name=name)
+        code, _ = await _status(stub.RepositoryModelLoad(request))
+        assert code == grpc.StatusCode.NOT_FOUND, name

@@ -32,6 +32,10 @@ async def test_metrics_endpoint(repo: Path) -> None:
                     assert response.status == 200
             async with http.post("/v2/models/linear/infer", json={"inputs": []}) as response:
                 assert response.status == 400
+            # A version nobody serves is no label of its own (or a peer makes series at will).
+            url = "/v2/models/linear/versions/x7/infer"
+            async with http.post(url, json=BODY) as response:
+                assert response.status == 404
             async with http.get(f"http://127.0.0.1:{server.metrics_port}/elsewhere") as response:
                 assert response.status == 404
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
@@ -47,7 +51,8 @@ async def test_metrics_endpoint(repo: Path) -> None:
     grpc_ok = 'model="linear",outcome="success",protocol="grpc",version="1"'
     assert f"orbiter_inference_requests_total{{{grpc_ok}}} 1.0" in text
     failed = 'model="linear",outcome="failure",protocol="rest",version=""'
-    assert f"orbiter_inference_requests_total{{{failed}}} 1.0" in text
+    assert f"orbiter_inference_requests_total{{{failed}}} 2.0" in text
+    assert 'version="x7"' not in text
     latency = 'model="linear",protocol="rest",version="1"'
     assert f"orbiter_inference_request_duration_seconds_count{{{latency}}} 3.0" in text
     assert 'orbiter_inference_request_duration_seconds_bucket{le="0.005",model="linear"' in text

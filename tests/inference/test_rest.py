@@ -385,3 +385,14 @@ def test_bytes_codec_round_trip() -> None:
     raw = encode_raw(words)
     assert raw[:4] == struct.pack("<I", 2)
     assert decode_raw("w", "BYTES", (3,), raw).tolist() == ["ab", "", "héllo"]
+
+
+async def test_repository_index_options_are_checked_and_capped(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with http.post("/v2/repository/index", json={"ready": "false"}) as response:
+        assert response.status == 400
+        assert "'ready' must be true or false" in (await response.json())["error"]
+    async with http.post("/v2/repository/index", data=b" " * (1 << 20)) as response:
+        assert response.status == 400
+        assert "limit" in (await response.json())["error"]

@@ -61,6 +61,13 @@ def test_resource_paths() -> None:
     assert resource_path(CRDS, "ignored", "x") == (
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x"
     )
+    # Quoting leaves "." and "..": a URL library would fold "namespaces/../pods" into
+    # "/api/v1/pods", every namespace's.
+    for bad in (".", ".."):
+        with pytest.raises(ValueError, match="may not be a namespace or object name"):
+            resource_path(PODS, bad)
+        with pytest.raises(ValueError, match="may not be a namespace or object name"):
+            resource_path(PODS, "ns", bad)
 
 
 def test_from_kubeconfig_refuses_a_missing_file_or_context(tmp_path: Path) -> None:
