@@ -81,6 +81,9 @@ class _Probe:
     at: float
     wall: float  # ``at`` on the wall clock, which contact windows are given in
     reported: bool  # seen a report since the controller started, not just the node
+    # A window missed since the last report. The plan's writer drops ended windows from
+    # the annotation, so the miss is remembered here, or it would be forgotten with them.
+    missed: tuple[float, float] | None = None
 
 
 class NodeLifecycleController(Controller[str]):
@@ -228,7 +231,10 @@ class NodeLifecycleController(Controller[str]):
         # Windows that started after the last report: missed once their deadline has passed;
         # one that started before it brought its contact already.
         after = [w for w in windows if w[0] > probe.wall]
+        if probe.missed is not None and probe.missed[0] > probe.wall and probe.missed not in after:
+            after = sorted([probe.missed, *after])
         missed = [w for w in after if w[0] + allowance <= wall]
+        probe.missed = missed[-1] if missed else None
         upcoming = [w for w in after if w[0] + allowance > wall]
         if not missed and upcoming:
             start = upcoming[0][0]
@@ -421,6 +427,10 @@ def _contact_plan(node: dict[str, Any]) -> tuple[list[tuple[float, float]], floa
         parsed = orjson.loads(raw)
         windows = sorted((float(s), float(e)) for s, e in parsed)
         acquisition = float(annotations.get(ACQUISITION_ANNOTATION) or 0.0)
+        # Unix seconds before the year 5138, and an acquisition under a day: beyond that a
+        # number is no time (and would overflow the dates written from it).
+        if not all(0 <= t < 1e11 for w in windows for t in w) or not 0 <= acquisition < 86_400:
+            raise ValueError("out of range")
     except (orjson.JSONDecodeError, TypeError, ValueError):
         log.warning("node %s: unreadable %s %r", meta(node).get("name"), WINDOWS_ANNOTATION, raw)
         return None

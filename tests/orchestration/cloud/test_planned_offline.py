@@ -152,6 +152,34 @@ async def test_between_windows_expected_offline_then_a_missed_window_is_unknown(
     await p.reconcile_at(W2[0] - 60)
     assert condition(p.node(), "Ready")["status"] == "Unknown" and our_taints(p.node())
 
+    # The plan's writer drops ended windows from the annotation: the miss is not forgotten.
+    only_w2 = {WINDOWS_ANNOTATION: json.dumps([list(W2)])}
+    await patch(p.client, NODES, "sat", {"metadata": {"annotations": only_w2}}, None)
+    await p.until(
+        lambda: (
+            (p.node()["metadata"].get("annotations") or {}).get(WINDOWS_ANNOTATION)
+            == only_w2[WINDOWS_ANNOTATION]
+        )
+    )
+    await p.reconcile_at(W2[0] - 30)
+    assert condition(p.node(), "Ready")["status"] == "Unknown" and our_taints(p.node())
+    assert p.expected_offline()["reason"] == "ContactMissed"
+
+
+@pytest.mark.parametrize("raw", ["[[1e300, 1e301]]", "[[-5, 10]]", "[[1, 2], [3]]"])
+async def test_an_out_of_range_annotation_leaves_the_usual_rules(
+    planned: Planned, raw: str
+) -> None:
+    p = planned
+    bad = {"metadata": {"annotations": {WINDOWS_ANNOTATION: raw}}}
+    await patch(p.client, NODES, "sat", bad, None)
+    await p.until(
+        lambda: (p.node()["metadata"].get("annotations") or {}).get(WINDOWS_ANNOTATION) == raw
+    )
+    # Silent past the grace period: Unknown as any node, no error on the way.
+    await p.reconcile_at(T0 + GRACE + 1)
+    await p.until(lambda: condition(p.node(), "Ready").get("status") == "Unknown")
+
 
 async def test_a_node_that_reports_in_its_window_is_fine(planned: Planned) -> None:
     p = planned
