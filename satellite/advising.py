@@ -49,6 +49,8 @@ placement carries ``PLACEMENT_OPTION`` (``raw``, ``split``, ``onboard``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -62,6 +64,7 @@ from .apis import CONTACT_PLANS, GROUND_STATIONS, SATELLITE_PROFILES
 from .contacts import DAY, Contact, ContactPlan
 from .controllers import parse_windows
 from .placement import Option, plan_placement
+from .power import PowerConfig
 from .profiles import CutPoint, ExitPoint, HemPoint, Job, LinkBudget, ModelProfile, NodeProfile
 
 __all__ = [
@@ -88,13 +91,16 @@ FRAME_BYTES = f"{_PREFIX}/frame-bytes"
 DEADLINE_SECONDS = f"{_PREFIX}/deadline-seconds"
 RESULT_BYTES = f"{_PREFIX}/result-bytes"  # optional: the planner's default is 1 KiB
 NOT_CONSULTED = "no model profile: planner not consulted"
+MAX_LIST = 32  # cuts, exits, thresholds per profile
+MAX_JOBS = 12  # profiled services planned together on one node (the search is exact)
 
 # The stations' defaults when neither a window nor its GroundStation gives a rate (as the
 # ContactPlan controller computes orbit windows).
 _RATE_DOWN, _RATE_UP = 50e6, 1e6
-# BUPT-1's power as the simulator's baseline has it (satellite/scenario.py), for a profile
-# that gives no ``power``: harvest while sunlit, bus baseline, share of the orbit in eclipse.
-_HARVEST_W, _BASELINE_W, _ECLIPSE = 23.0, 11.5, 0.36
+# For a profile that gives no ``power``: BUPT-1's, as the power model has it (harvest while
+# sunlit, bus baseline, share of the orbit in eclipse).
+_POWER = PowerConfig()
+_HARVEST_W, _BASELINE_W, _ECLIPSE = _POWER.harvest_w, _POWER.baseline_w, _POWER.eclipse_fraction
 # Filters whose hard-example cut is one threshold: the parameter the planner's threshold sets.
 _THRESHOLD_PARAMETER = {
     "Threshold": "threshold",
@@ -145,6 +151,10 @@ def _object(
 def _list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise ProfileError(f"{where}: must be a list, got {value!r:.80}")
+    if len(value) > MAX_LIST:
+        # Each entry multiplies the planner's options: a user's annotation must not be able
+        # to make the cloud plan for minutes.
+        raise ProfileError(f"{where}: at most {MAX_LIST} entries, not {len(value)}")
     return value
 
 
@@ -253,13 +263,23 @@ def link_budget(
     link: Mapping[str, Any] | None = None,
 ) -> LinkBudget | None:
     """The daily link budget of ``node`` from the windows of its ContactPlans (given, or
-    computed from an orbit and published in the plan's status; each plan's
-    ``acquisitionSeconds``, the profile's ``link`` losses); None if it has none.
+    computed from an orbit and published in the plan's status), less the acquisition (the
+    profile's ``link.acquisitionSeconds``, else each plan's) and the profile's ``link``
+    losses; None if it has no windows.
     ProfileError when a plan's windows do not parse."""
     link = link or {}
     by_name = {str(_meta(s).get("name")): s.get("spec") or {} for s in stations}
-    loss = float(link.get("frameErrorRate") or 0.0)
-    efficiency = 1.0 - float(link.get("abortProbability") or 0.0)  # aborted passes carry ~nothing
+    try:
+        loss = float(link.get("frameErrorRate") or 0.0)
+        # Aborted passes carry about nothing.
+        efficiency = 1.0 - float(link.get("abortProbability") or 0.0)
+        acquisition_s = link.get("acquisitionSeconds")
+        if not 0 <= loss < 1:
+            raise ValueError(f"frameErrorRate must be in [0, 1), not {loss}")
+        if not 0 <= efficiency <= 1:
+            raise ValueError(f"abortProbability must be in [0, 1], not {1 - efficiency}")
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"SatelliteProfile {node} link: {exc}") from None
     down = up = 0.0
     starts: list[float] = []
     for plan in plans:
@@ -286,14 +306,21 @@ def link_budget(
             )
             for w in windows
         ]
-        if not contacts or efficiency <= 0:
+        if not contacts:
             continue
         starts += [c.start for c in contacts]
-        acquisition = float(link.get("acquisitionSeconds", spec.get("acquisitionSeconds", 60)))
-        total = LinkBudget.from_plan(
-            ContactPlan(contacts), node, days=1.0, acquisition_s=acquisition, loss=loss,
-            efficiency=efficiency,
-        )  # fmt: skip
+        if efficiency <= 0:
+            continue  # every pass aborts: windows, but no bytes (a zero budget, not none)
+        acquisition = (
+            acquisition_s if acquisition_s is not None else spec.get("acquisitionSeconds", 60)
+        )
+        try:
+            total = LinkBudget.from_plan(
+                ContactPlan(contacts), node, days=1.0, acquisition_s=float(acquisition),
+                loss=loss, efficiency=efficiency,
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise ProfileError(f"ContactPlan for {node}: {exc}") from None
         down += total.downlink_bytes_per_day
         up += total.uplink_bytes_per_day
     if not starts:
@@ -418,6 +445,9 @@ def advise(
         return Advice(False, f"invalid placement input: {exc}")
     # In name order: whichever service asks, the node's plan is the same one.
     jobs = sorted([job, *_neighbour_jobs(neighbours, skip=job.name)], key=lambda j: j.name)
+    if len(jobs) > MAX_JOBS:
+        why = f"{len(jobs)} profiled services on {node}, more than the {MAX_JOBS} planned at once"
+        return Advice(True, f"{NOT_CONSULTED} ({why})")
     plan = plan_placement(jobs, node_prof, budget)
     return advice_for(service, plan.choices[job.name], plan.reasons[job.name])
 
@@ -470,14 +500,18 @@ async def satellite_advisor(
     for other in (await client.list(JOINT_INFERENCE_SERVICES))["items"]:
         if _edge_node(other) == node and _meta(other).get("uid") != _meta(service).get("uid"):
             neighbours.append((other, await _edge_model(client, other)))
-    return advise(
-        service,
-        node,
-        profile=profile,
-        plans=plans,
-        stations=stations,
-        model=model,
-        neighbours=neighbours,
+    # An exact search on the controller's event loop would stall the whole cloud: a thread.
+    return await asyncio.to_thread(
+        functools.partial(
+            advise,
+            service,
+            node,
+            profile=profile,
+            plans=plans,
+            stations=stations,
+            model=model,
+            neighbours=neighbours,
+        )
     )
 
 

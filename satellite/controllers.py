@@ -36,8 +36,10 @@ from typing import Any
 from orbiter.orchestration.client import NODES, Client, NotFoundError
 from orbiter.orchestration.cloud import ControllerFactory
 from orbiter.orchestration.cloud.controlling import Controller, Informers, meta
+from orbiter.orchestration.cloud.nodelifecycle import ACQUISITION_ANNOTATION, WINDOWS_ANNOTATION
 
 from .apis import CONTACT_PLANS, GROUND_STATIONS
+from .contacts import DAY
 
 __all__ = [
     "ACQUISITION_ANNOTATION",
@@ -51,10 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The orchestration layer's generic names (orbiter.orchestration.cloud.nodelifecycle).
-WINDOWS_ANNOTATION = "orbiter.io/contact-windows"
-ACQUISITION_ANNOTATION = "orbiter.io/contact-acquisition-seconds"
-DAY = 86_400.0
 ANNOTATED_MIN = 16  # windows on the node: at least these many, and every one in the next day
 ORBIT_LOOKBACK = 900.0  # computed from a little before now, to catch a pass in progress
 

@@ -18,6 +18,8 @@ from orbiter.satellite.advising import (
     DEADLINE_SECONDS,
     FRAME_BYTES,
     FRAMES_PER_DAY,
+    MAX_JOBS,
+    MAX_LIST,
     NOT_CONSULTED,
     PROFILE_ANNOTATION,
     ProfileError,
@@ -358,3 +360,28 @@ async def test_the_global_manager_places_the_edge_worker_as_the_planner_says(
         assert await _worker_pods(client, "heavy") == []
         deployments = (await client.list(DEPLOYMENTS, NS))["items"]
         assert not [d for d in deployments if d["metadata"]["name"].startswith("heavy-")]
+
+
+def _with_link(**link: Any) -> dict[str, Any]:
+    spec = {**PROFILE["spec"], "link": {**PROFILE["spec"]["link"], **link}}
+    return {**PROFILE, "spec": spec}
+
+
+def test_link_values_out_of_range_are_refused_naming_them_and_all_aborts_mean_no_bytes() -> None:
+    advice = ask(service("demo", 2880), profile=_with_link(frameErrorRate=1))
+    assert not advice.allowed and "frameErrorRate must be in [0, 1)" in advice.reason
+    # Every pass aborts: windows but no downlink, so nothing goes down raw (a zero budget,
+    # not "no ContactPlan windows").
+    advice = ask(service("demo", 2880), profile=_with_link(abortProbability=1))
+    assert NOT_CONSULTED not in advice.reason and advice.option != "raw"
+
+
+def test_the_planners_input_is_bounded() -> None:
+    raw = json.loads(profile_json())
+    raw["cuts"] = raw["cuts"] * (MAX_LIST + 1)
+    with pytest.raises(ProfileError, match=f"cuts: at most {MAX_LIST} entries"):
+        model_profile("little", json.dumps(raw))
+    little = model("little", profile_json())
+    crowd = [(service(f"s{i:02}", 100), little) for i in range(MAX_JOBS)]
+    advice = ask(service("demo", 100), neighbours=crowd)
+    assert advice.allowed and f"more than the {MAX_JOBS} planned at once" in advice.reason

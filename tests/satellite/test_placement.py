@@ -363,4 +363,3 @@ def test_planner_rejects_bad_arguments() -> None:
         plan_placement([job], node(), b, upload_days=0)
     with pytest.raises(ValueError, match="name must be unique"):
         plan_placement([job, job], node(), b)
-    assert isinstance(options(job, node())[0], Option)
