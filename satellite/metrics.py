@@ -54,23 +54,38 @@ class SatelliteMetrics:
     chunks_sent: int = 0
     chunks_resent_after_ack: int = 0
     restarts: int = 0
+    bulk_generated: int = 0
+    bulk_applied: int = 0
+    bulk_duplicated: int = 0
+    bulk_lost: int = 0  # neither on the ground, nor still spooled, nor shed or expired (counted)
+    status_delays: list[tuple[float, float]] = field(default_factory=list)  # (made, delay)
     spool: dict[str, int] = field(default_factory=dict)
     receipts: dict[str, int] = field(default_factory=dict)
 
+    def failures(self) -> list[str]:
+        """The §5.4 goals this satellite missed, by name (empty: all met)."""
+        checks = {
+            "duplicate status applies": self.duplicate_applies,
+            "status regressions": self.regressions,
+            "keys not final": self.keys_not_final,
+            "staleness bound": self.staleness_violations,
+            "duplicate results": self.results_duplicated,
+            "results late": self.results_late,
+            "bulk share": self.bulk_share_violations,
+            "duplicate bulk": self.bulk_duplicated,
+            "bulk lost": self.bulk_lost,
+            "SoC below floor": self.soc_min < self.soc_floor - 1e-9,
+            "chunks resent after ACK": self.chunks_resent_after_ack,
+            "model not verified": any(
+                not m["verified"] for m in self.models if m["activated"] is not None
+            ),
+            "model late": any(m["late"] for m in self.models),
+        }
+        return [name for name, bad in checks.items() if bad]
+
     @property
     def ok(self) -> bool:
-        return not (
-            self.duplicate_applies
-            or self.regressions
-            or self.keys_not_final
-            or self.staleness_violations
-            or self.results_duplicated
-            or self.results_late
-            or self.bulk_share_violations
-            or self.soc_min < self.soc_floor - 1e-9
-            or self.chunks_resent_after_ack
-            or any(not m["verified"] for m in self.models if m["activated"] is not None)
-        )
+        return not self.failures()
 
 
 def _open_passes(run: SatelliteRun) -> list[PassRecord]:
@@ -85,6 +100,19 @@ def _first_pass(
     for p in passes[i:]:
         if p.ends_at - max(t, p.usable_from) >= room:
             return p
+    return None
+
+
+def _passes_allowed(passes: list[PassRecord], offered: float, size: int) -> int | None:
+    """satellite.md §5.4 goal 3 over the passes that came: the passes until 90 % of their
+    expected uplink adds up to ``size``, plus one for an aborted pass; None if the run ended
+    before."""
+    carried = 0.0
+    after = [p for p in passes if p.ends_at > offered]
+    for n, p in enumerate(after, 1):
+        carried += 0.9 * p.expected_up
+        if carried >= size:
+            return n + 1 if n < len(after) else None
     return None
 
 
@@ -121,6 +149,7 @@ def measure(run: SatelliteRun, *, check_staleness: bool = True) -> SatelliteMetr
                 continue  # never delivered: shows as keys_not_final unless superseded later
             delivered = running_max[j][1]
             m.staleness.append(delivered - made)
+            m.status_delays.append((made, delivered - made))
             npasses = sum(1 for s in starts if made <= s <= delivered) or 1
             m.status_passes_to_deliver[npasses] = m.status_passes_to_deliver.get(npasses, 0) + 1
             if check_staleness:
@@ -155,7 +184,6 @@ def measure(run: SatelliteRun, *, check_staleness: bool = True) -> SatelliteMetr
             m.results_late.append({"frame": frame, "made": made, "delivered": at, "by": p.ends_at})
 
     # Link use per pass: the reserved share for bulk, and capacity when the backlog exceeds it.
-    loss = sc.link.loss.mean_loss
     for p in run.passes:
         for pri, n in p.down.items():
             m.bytes_down[pri.name.lower()] = m.bytes_down.get(pri.name.lower(), 0) + n
@@ -173,12 +201,16 @@ def measure(run: SatelliteRun, *, check_staleness: bool = True) -> SatelliteMetr
             m.bulk_share_violations.append(
                 {"pass": p.contact.start, "bulk": bulk, "total": p.down_bytes}
             )
-        if not p.aborted and not p.stalled and p.backlog_start > p.expected_down:
-            c = p.contact
-            ideal = c.rate_down * (c.duration - sc.link.acquisition_s) * (1 - loss) / 8
-            m.capacity_ratios.append(p.down_bytes / ideal)
+        if not p.aborted and not p.stalled and contended:
+            # rate x (T - T_acq) x (1 - FER), the link model's expectation for the pass
+            m.capacity_ratios.append(p.down_bytes / p.expected_down)
 
     for record in run.models:
+        allowed = _passes_allowed(passes, record.offered, record.size)
+        took = record.passes
+        late = (took is not None and allowed is not None and took > allowed) or (
+            record.activated is None and allowed is not None
+        )
         current = run.space.endpoint.receiver.active(record.name)[0]
         verified = False
         if current is not None:
@@ -191,9 +223,25 @@ def measure(run: SatelliteRun, *, check_staleness: bool = True) -> SatelliteMetr
                 "offered": record.offered,
                 "activated": record.activated,
                 "passes": record.passes,
+                "allowed": allowed,
+                "late": late,
                 "verified": verified,
             }
         )
+
+    # Bulk: every frame spooled on board is on the ground once, still spooled, or dropped
+    # with a counter (quota, TTL); anything else was lost.
+    applied_bulk: dict[int, int] = {}
+    for (seq,) in db.execute("SELECT seq FROM sim_bulk"):
+        applied_bulk[seq] = applied_bulk.get(seq, 0) + 1
+    spool = run.space.endpoint.spool
+    counters = spool.stats().counters
+    dropped = counters.get("shed.bulk", 0) + counters.get("expired.bulk", 0) - run.bulk_refused
+    missing = sum(1 for s in run.bulk_seqs if s not in applied_bulk and s not in spool)
+    m.bulk_generated = len(run.bulk_seqs) + run.bulk_refused
+    m.bulk_applied = len(applied_bulk)
+    m.bulk_duplicated = sum(n - 1 for n in applied_bulk.values())
+    m.bulk_lost = max(0, missing - dropped)
 
     orbits = run.power.orbits()
     m.soc_floor = sc.power.soc_floor

@@ -8,7 +8,6 @@ pyplot, so no display is needed and no figure stays registered after the call.
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,7 +17,7 @@ from ..orchestration.protocol.envelopes import Priority
 from .metrics import SatelliteMetrics
 from .simulation import SatelliteRun
 
-__all__ = ["plot_runs", "status_delays"]
+__all__ = ["plot_runs"]
 
 HOUR = 3600.0
 _COLOURS = {
@@ -28,26 +27,6 @@ _COLOURS = {
     Priority.CHUNK: "#9467bd",
     Priority.BULK: "#ff7f0e",
 }
-
-
-def status_delays(run: SatelliteRun) -> list[tuple[float, float]]:
-    """(made, seconds until the ground held it or a newer version) per delivered status,
-    as ``metrics.measure`` counts it, deduplicated: keys reported together plot as one dot."""
-    got: dict[str, list[tuple[int, float]]] = {}
-    db = run.ground.endpoint.receipts.db
-    for key, rv, at in db.execute("SELECT key, rv, at FROM sim_status ORDER BY rowid"):
-        best = got.setdefault(key, [])
-        if not best or rv > best[-1][0]:
-            best.append((rv, at))
-    points: set[tuple[float, float]] = set()
-    for key, generated in run.status_generated.items():
-        best = got.get(key, [])
-        rvs = [rv for rv, _ in best]
-        for rv, made in generated:
-            j = bisect.bisect_left(rvs, rv)
-            if j < len(rvs):
-                points.add((made, best[j][1] - made))
-    return sorted(points)
 
 
 def plot_runs(runs: list[SatelliteRun], metrics: list[SatelliteMetrics], path: str | Path) -> None:
@@ -61,12 +40,7 @@ def plot_runs(runs: list[SatelliteRun], metrics: list[SatelliteMetrics], path: s
     # 1. Bytes down per pass, stacked by class, in pass order over all satellites.
     # The plan runs a day past the end; only the passes the run reached count.
     passes = sorted(
-        (
-            p
-            for r in runs
-            for p in r.passes
-            if p.open_seconds > 0 and p.usable_from < r.sim.loop.now
-        ),
+        (p for r in runs for p in r.passes if p.reached),
         key=lambda p: p.usable_from,
     )
     xs = list(range(1, len(passes) + 1))
@@ -85,8 +59,8 @@ def plot_runs(runs: list[SatelliteRun], metrics: list[SatelliteMetrics], path: s
     # 2. Status staleness against the pass windows.
     for p in passes:
         ax_stale.axvspan(p.usable_from / HOUR, p.ends_at / HOUR, color="green", alpha=0.3, lw=0)
-    for run in runs:
-        pts = status_delays(run)
+    for run, m in zip(runs, metrics, strict=True):
+        pts = sorted(set(m.status_delays))  # keys reported together: one dot
         ax_stale.scatter([m / HOUR for m, _ in pts], [d / 60 for _, d in pts], s=4,
                          label=run.name, rasterized=True)  # fmt: skip
     ax_stale.set(

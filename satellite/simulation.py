@@ -11,6 +11,7 @@ including in the middle of applying a message, and restarted from their stores.
 from __future__ import annotations
 
 import functools
+import hashlib
 import random
 import shutil
 import sqlite3
@@ -26,7 +27,12 @@ import orjson
 from ..orchestration.protocol.envelopes import ACK, Envelope, Priority
 from ..orchestration.protocol.receipts import RangeSet, ack_ranges
 from ..orchestration.protocol.syncing import Handler, SyncEndpoint
-from ..orchestration.protocol.transfers import CHUNK_TOPIC, Manifest, build_manifest
+from ..orchestration.protocol.transfers import (
+    CHUNK_TOPIC,
+    MANIFEST_TOPIC,
+    Manifest,
+    build_manifest,
+)
 from .clock import EventLoop
 from .contacts import DAY, Contact
 from .governing import ComputeGovernor, Job
@@ -52,6 +58,7 @@ class PassRecord:
     aborted: bool
     stalled: bool
     expected_down: int  # rate x open time x (1 - mean loss) / 8
+    expected_up: int
     down: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     up: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
     backlog_start: int = 0  # bytes spooled on board when the pass opened
@@ -92,7 +99,14 @@ class _Hub:
 
     def _open(self) -> SyncEndpoint:
         sc = self.run.sim.scenario
-        handlers = self.run.ground_handlers(self) if self.side == "ground" else {}
+        if self.side == "ground":
+            handlers = self.run.ground_handlers(self)
+        else:
+            # On board, what is applied is the ground's blobs: an armed crash strikes there.
+            handlers = {
+                MANIFEST_TOPIC: self._armed(lambda: self.endpoint.receiver.on_manifest),
+                CHUNK_TOPIC: self._armed(lambda: self.endpoint.receiver.on_chunk),
+            }
         endpoint = SyncEndpoint(
             self.name,
             self.directory,
@@ -105,6 +119,13 @@ class _Hub:
         if self.side == "ground":
             self.run.offer_models(endpoint)
         return endpoint
+
+    def _armed(self, target: Callable[[], Handler]) -> Handler:
+        def handler(envelope: Envelope, db: sqlite3.Connection) -> None:
+            self.armed()
+            target()(envelope, db)
+
+        return handler
 
     def armed(self) -> None:
         """Called inside each application: the armed crash strikes mid-transaction."""
@@ -133,6 +154,8 @@ class SatelliteRun:
         self.results_generated: dict[int, float] = {}
         self.passes: list[PassRecord] = []
         self.corrupted = 0
+        self.bulk_seqs: list[int] = []  # what the satellite spooled, to account for on the ground
+        self.bulk_refused = 0
         self.acked_by_space = RangeSet()  # ground seqs the satellite's ACKs named
         self.chunks_sent = 0
         self.chunks_resent_after_ack = 0
@@ -216,7 +239,7 @@ class SatelliteRun:
             self._every(wl.frame_interval, end, self._capture)
         for update in wl.models:
             loop.call_at(update.at, functools.partial(self._offer, update.name, update.size_bytes))
-        plan = sc.contact_plan()
+        plan = self.sim.plan
         windows = []
         for contact in plan.for_satellite(self.name):
             link = self.sim.link.open(contact)
@@ -227,6 +250,7 @@ class SatelliteRun:
                 link.aborted,
                 link.stall is not None,
                 link.usable_bytes("down"),
+                link.usable_bytes("up"),
             )
             self.passes.append(record)
             if link.usable_from < link.ends_at:
@@ -294,15 +318,21 @@ class SatelliteRun:
 
     def _bulk(self, now: float) -> None:
         wl = self.sim.scenario.workload
-        self.space.endpoint.send(
+        seq = self.space.endpoint.send(
             "bulk", priority=Priority.BULK, now=now, size=wl.frame_bytes, ttl=wl.bulk_ttl
         )
+        if seq is None:
+            self.bulk_refused += 1  # shed by the quota at once (and counted by the spool)
+        else:
+            self.bulk_seqs.append(seq)
 
     def _offer(self, name: str, size: int) -> None:
         data = random.Random(f"{self.sim.scenario.seed}/{self.name}/{name}").randbytes(size)
         manifest = build_manifest(name, "v1", data)
         self._model_data[name] = (manifest, data)
-        self.models.append(ModelRecord(name, size, manifest.sha256, self.sim.loop.now))
+        # The digest the board must end up with, from the data, not from the code under test.
+        digest = hashlib.sha256(data).hexdigest()
+        self.models.append(ModelRecord(name, size, digest, self.sim.loop.now))
         self.ground.endpoint.offer(manifest, _reader(manifest, data), now=self.sim.loop.now)
 
     # -- passes ------------------------------------------------------------------------
@@ -432,6 +462,10 @@ class Simulation:
         self.scenario = scenario
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="orbiter-sim-"))
+        if not self._own_dir and self.directory.exists() and any(self.directory.iterdir()):
+            # The hubs would reopen an earlier run's stores, and its rows would be counted.
+            raise ValueError(f"{self.directory} is not empty: give a new directory per run")
+        self.plan = scenario.contact_plan()
         self.loop = EventLoop(seed=scenario.seed)
         self.link = LinkModel(scenario.link, seed=scenario.seed)
         self.runs = [SatelliteRun(self, name) for name in scenario.satellites]
@@ -442,7 +476,7 @@ class Simulation:
         for run in self.runs:
             run.start()
         self._plan_crashes()
-        plan = sc.contact_plan()
+        plan = self.plan
         # Drain: past the workloads' end, up to the end of the first pass that follows.
         end = sc.days * DAY
         until = end
@@ -476,9 +510,9 @@ class Simulation:
     def _strike(self, run: SatelliteRun, side: Side, in_apply: bool) -> None:
         hub = run.space if side == "space" else run.ground
         self.crashes.append((self.loop.now, hub.name))
-        if in_apply:
+        if in_apply and not hub.crash_in_apply:
             hub.crash_in_apply = True  # the next application dies half-way
-        else:
+        else:  # (one already waits there: this one strikes now, so none is lost)
             run.crash(hub)
 
     def close(self) -> None:

@@ -57,9 +57,6 @@ def test_the_bench_prints_its_figures_as_json() -> None:
         _positive(run, RUN_KEYS - {"ok"})
         # The run drains past its days to the end of the next pass, never short of them.
         assert run["simulated_s"] >= days * 86_400
-        assert run["satellite_days_per_s"] == pytest.approx(
-            satellites * run["sim_days_per_s"], rel=1e-3
-        )
     assert sim["scaling"] > 0
 
     goodput = result["goodput"]

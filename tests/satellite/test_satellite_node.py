@@ -173,8 +173,8 @@ async def test_a_satellite_node_joins_gets_a_pod_and_a_model_and_reports_between
             return (pod.get("status") or {}).get("phase") == "Succeeded"
 
         await until(reported, "the finished pod reported in a later pass", within=60)
-        # Every report crossed once per sequence: the cloud applied none twice.
+        # The reports came through the node's spool and the cloud's receipts.
         receipts = cluster.cloud.sync.endpoint(NODE).receipts.counters
         assert receipts.get("applied", 0) > 0
         # The proxy really cut the link between passes.
-        assert sum(s.cut for s in proxy.stats.values() if s is not None) >= 1
+        assert sum(s.cut for s in proxy.stats.values()) >= 1

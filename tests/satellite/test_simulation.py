@@ -8,7 +8,6 @@ its ground peer, 7 simulated days; the checks are the acceptance goals of §5.4,
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
@@ -59,16 +58,13 @@ def test_baseline_week_meets_the_goals(seed: int, tmp_path: Path) -> None:
     assert by_name["m20"]["verified"] and by_name["m20"]["passes"] <= 2
     assert by_name["m100"]["verified"] and by_name["m100"]["passes"] <= 4
     assert m.chunks_resent_after_ack == 0
+    # ...and within what 90 % of the passes' uplink allows, plus one (the reference's K).
+    assert not any(model["late"] for model in m.models)
+    # Bulk: every frame spooled on board is on the ground once or still spooled.
+    assert m.bulk_applied > 1000 and m.bulk_duplicated == 0 and m.bulk_lost == 0
     # Energy: never below the floor.
     assert m.soc_min >= m.soc_floor
     assert total["ok"] is True
-
-
-def test_the_bound_on_model_passes_is_the_reference_formula() -> None:
-    # K = ceil(N / (0.9 * 1 Mbit/s * (480 - 60) s / 8)) + 1 (satellite.md §5.4 goal 3)
-    per_pass = 0.9 * 1e6 * (480 - 60) / 8
-    assert math.ceil(20e6 / per_pass) + 1 == 2
-    assert math.ceil(100e6 / per_pass) + 1 == 4
 
 
 def test_capacity_is_used_when_the_backlog_exceeds_it(tmp_path: Path) -> None:
@@ -93,7 +89,11 @@ def test_crashing_either_hub_a_hundred_times_loses_nothing_and_repeats_nothing(
         runs = sim.run()
         (m,) = [measure(r, check_staleness=False) for r in runs]
         assert len(sim.crashes) == 100
-        assert m.restarts >= 50  # the rest struck in the middle of an application
+        assert m.restarts >= 50
+        # Every strike struck: at once, or in the middle of the next application (on either
+        # side), except one still waiting for an application when the run ended.
+        waiting = sum(hub.crash_in_apply for r in runs for hub in (r.space, r.ground))
+        assert m.restarts + waiting == 100
         assert {name for _, name in sim.crashes} == {"sat-0", "ground/sat-0"}
     assert m.duplicate_applies == 0
     assert m.regressions == 0
@@ -102,6 +102,7 @@ def test_crashing_either_hub_a_hundred_times_loses_nothing_and_repeats_nothing(
     assert m.results_duplicated == 0
     assert all(model["verified"] for model in m.models)
     assert m.chunks_resent_after_ack == 0
+    assert m.bulk_duplicated == 0 and m.bulk_lost == 0
 
 
 def test_corrupted_chunks_never_activate(tmp_path: Path) -> None:
