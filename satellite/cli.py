@@ -14,7 +14,6 @@ stays fast; the simulator is imported when a command runs.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import sys
@@ -26,84 +25,9 @@ if TYPE_CHECKING:
     from .metrics import SatelliteMetrics
     from .scenario import Scenario
 
-__all__ = ["SCENARIO_KEYS", "add_satellite_parser", "failed_checks", "run_satellite", "unknown_key"]
+__all__ = ["add_satellite_parser", "failed_checks", "run_satellite"]
 
-# The keys scenario_from_data reads, per section ("" is the top level).
-SCENARIO_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset(
-        {
-            "name",
-            "days",
-            "seed",
-            "satellites",
-            "plan",
-            "link",
-            "power",
-            "workload",
-            "storageQuotaBytes",
-            "reservedShare",
-            "crashes",
-            "corruptProbability",
-        }
-    ),
-    "plan": frozenset(
-        {"file", "passesPerDay", "passSeconds", "rateDown", "rateUp", "staggerSeconds"}
-    ),
-    "link": frozenset(
-        {
-            "frameErrorRate",
-            "meanBurstFrames",
-            "acquisitionSeconds",
-            "abortProbability",
-            "stallProbability",
-            "stallSeconds",
-        }
-    ),
-    "power": frozenset(
-        {"batteryWh", "socStart", "socFloor", "harvestWatts", "baselineWatts", "eclipseFraction"}
-    ),
-    "workload": frozenset(
-        {
-            "statusKeys",
-            "statusIntervalSeconds",
-            "frameIntervalSeconds",
-            "frameBytes",
-            "hardFraction",
-            "inferenceSeconds",
-            "device",
-            "backlogBytes",
-            "models",
-        }
-    ),
-    "workload.models[]": frozenset({"atHours", "megabytes", "name"}),
-}
 _MB = 1e6
-
-
-def _unknown_in(data: object, section: str, where: str) -> str | None:
-    if not isinstance(data, dict):
-        return None  # scenario_from_data reports the wrong type, naming the key
-    known = SCENARIO_KEYS[section]
-    for key in data:
-        if key not in known:
-            path = f"{where}.{key}" if where else str(key)
-            near = difflib.get_close_matches(str(key), sorted(known), n=1)
-            return f"unknown key {path!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-    return None
-
-
-def unknown_key(data: object) -> str | None:
-    """The first key of a scenario mapping that scenario.py would ignore, as an error message."""
-    if not isinstance(data, dict):
-        return None
-    found = _unknown_in(data, "", "")
-    for section in ("plan", "link", "power", "workload"):
-        found = found or _unknown_in(data.get(section), section, section)
-    work = data.get("workload")
-    models = work.get("models") if isinstance(work, dict) else None
-    for i, item in enumerate(models if isinstance(models, list) else []):
-        found = found or _unknown_in(item, "workload.models[]", f"workload.models[{i}]")
-    return found
 
 
 def add_satellite_parser(sub: Any) -> None:
@@ -164,9 +88,6 @@ def _load(args: argparse.Namespace) -> Scenario:
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
     data = {} if data is None else data
-    problem = unknown_key(data)
-    if problem:
-        raise ScenarioError(problem)
     if isinstance(data, dict):
         overrides = {"days": args.days, "seed": args.seed, "satellites": args.satellites}
         data.update({k: v for k, v in overrides.items() if v is not None})

@@ -2,11 +2,14 @@
 
 YAML or JSON with camelCase keys, every one optional (defaults are the baseline of
 satellite.md §5.2). Errors name the offending key, e.g. ``link.frameErrorRate must be a number
-in [0, 1)``.
+in [0, 1)``, and a key that nothing reads is refused (``unknown key 'link.acquisitonSeconds'
+(did you mean 'acquisitionSeconds'?)``).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +98,16 @@ def _baseline_link() -> LinkConfig:
     )
 
 
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+
+
+def _device(value: Any) -> str:
+    known = sorted(PowerConfig().devices)
+    if value not in known:
+        raise ScenarioError(f"workload.device must be one of {known}, not {value!r}")
+    return str(value)
+
+
 def load_scenario(path: str | Path) -> Scenario:
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -107,19 +120,29 @@ def scenario_from_data(data: Any, *, base: Path | None = None) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError("a scenario must be a mapping")
     r = _Reader(data, "")
-    sats = data.get("satellites", 1)
+    sats = r.get("satellites", 1)
     if isinstance(sats, int) and not isinstance(sats, bool) and 1 <= sats <= 10_000:
         names = tuple(f"sat-{i}" for i in range(sats))
-    elif isinstance(sats, list) and sats and all(isinstance(s, str) and s for s in sats):
+    elif (
+        isinstance(sats, list)
+        and sats
+        and all(isinstance(s, str) and _NAME.match(s) and s not in (".", "..") for s in sats)
+        and len(set(sats)) == len(sats)
+    ):
+        # Each name is a directory of the run's stores: unique, and no path in it.
         names = tuple(sats)
     else:
-        raise ScenarioError("satellites must be a count (1-10000) or a list of names")
+        raise ScenarioError(
+            "satellites must be a count (1-10000) or a list of distinct names of letters, "
+            "digits, '.', '_' or '-'"
+        )
     plan = None
     plan_data = r.section("plan")
-    if "file" in plan_data.data:
+    plan_file = plan_data.get("file")
+    if plan_file is not None:
         from .planfiles import load_plan
 
-        plan_path = Path(str(plan_data.data["file"]))
+        plan_path = Path(str(plan_file))
         plan = load_plan(plan_path if plan_path.is_absolute() else (base or Path()) / plan_path)
     link = r.section("link")
     fer = link.number("frameErrorRate", 0.01, 0, 0.5)
@@ -134,16 +157,16 @@ def scenario_from_data(data: Any, *, base: Path | None = None) -> Scenario:
     work = r.section("workload")
     models = []
     for i, item in enumerate(work.list("models")):
-        m = _Reader(item, f"workload.models[{i}]")
+        m = r.item(item, f"workload.models[{i}]")
         models.append(
             ModelUpdate(
                 at=m.number("atHours", 1.0, 0, 1e6) * 3600,
-                size_bytes=int(m.number("megabytes", 20, 0, 1e5) * 1e6),
-                name=str(item.get("name", f"model-{i}")),
+                size_bytes=int(m.number("megabytes", 20, 0, 256) * 1e6),  # made in memory
+                name=str(m.get("name", f"model-{i}")),
             )
         )
-    return Scenario(
-        name=str(data.get("name", "scenario")),
+    scenario = Scenario(
+        name=str(r.get("name", "scenario")),
         days=r.number("days", 7.0, 0.01, 3650),
         seed=int(r.number("seed", 0, 0, 2**31)),
         satellites=names,
@@ -175,7 +198,7 @@ def scenario_from_data(data: Any, *, base: Path | None = None) -> Scenario:
             frame_bytes=int(work.number("frameBytes", 786_432, 1, 1e10)),
             hard_fraction=work.number("hardFraction", 0.1, 0, 1),
             inference_s=work.number("inferenceSeconds", 20.0, 0, 86400),
-            device=str(work.data.get("device", "pi4b")),
+            device=_device(work.get("device", "pi4b")),
             backlog_bytes=int(work.number("backlogBytes", 0, 0, 1e13)),
             models=tuple(models),
         ),
@@ -184,20 +207,32 @@ def scenario_from_data(data: Any, *, base: Path | None = None) -> Scenario:
         crashes=int(r.number("crashes", 0, 0, 100_000)),
         corrupt_probability=r.number("corruptProbability", 0.0, 0, 1),
     )
+    r.refuse_unknown()
+    return scenario
 
 
 class _Reader:
-    def __init__(self, data: Any, where: str) -> None:
+    """One mapping of the scenario; it remembers the keys read, so that the rest, which
+    would be ignored, can be refused (a typo must not silently run the default)."""
+
+    def __init__(self, data: Any, where: str, readers: list[_Reader] | None = None) -> None:
         if not isinstance(data, dict):
             raise ScenarioError(f"{where or 'scenario'} must be a mapping")
         self.data = data
         self.where = where
+        self.read: set[str] = set()
+        self.readers = [] if readers is None else readers
+        self.readers.append(self)
 
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self.data.get(key, default)
+
     def number(self, key: str, default: float, lo: float, hi: float) -> float:
-        value = self.data.get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ScenarioError(f"{self._name(key)} must be a number, not {value!r}")
         if not lo <= value <= hi:
@@ -205,10 +240,22 @@ class _Reader:
         return float(value)
 
     def section(self, key: str) -> _Reader:
-        return _Reader(self.data.get(key) or {}, self._name(key))
+        return _Reader(self.get(key) or {}, self._name(key), self.readers)
 
     def list(self, key: str) -> list[Any]:
-        value = self.data.get(key) or []
+        value = self.get(key) or []
         if not isinstance(value, list):
             raise ScenarioError(f"{self._name(key)} must be a list")
         return value
+
+    def item(self, value: Any, where: str) -> _Reader:
+        return _Reader(value, where, self.readers)
+
+    def refuse_unknown(self) -> None:
+        """ScenarioError naming the first key no reader read, with the closest known one."""
+        for reader in self.readers:
+            for key in reader.data:
+                if key not in reader.read:
+                    near = difflib.get_close_matches(str(key), sorted(reader.read), n=1)
+                    hint = f" (did you mean {near[0]!r}?)" if near else ""
+                    raise ScenarioError(f"unknown key {reader._name(str(key))!r}{hint}")
