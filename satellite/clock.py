@@ -1,14 +1,13 @@
 """Virtual time: a deterministic discrete-event loop for simulations.
 
 Simulated days must run in seconds and repeat bit for bit, so nothing here reads the wall
-clock: events are ``(time, order)`` pairs in a heap, ties broken by scheduling order, and the
-only randomness is the seeded ``random.Random`` the loop hands out.
+clock: events are ``(time, order)`` pairs in a heap, ties broken by scheduling order.
+Randomness is the callers' own, seeded (the simulator derives one generator per satellite).
 """
 
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,11 +28,10 @@ class Timer:
 class EventLoop:
     """``call_at``/``call_later`` callbacks, run in time order by ``run_until``."""
 
-    def __init__(self, *, start: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, *, start: float = 0.0) -> None:
         self._now = start
         self._heap: list[Timer] = []
         self._order = 0
-        self.random = random.Random(seed)
 
     @property
     def now(self) -> float:
@@ -54,11 +52,6 @@ class EventLoop:
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.call_at(self._now + max(0.0, delay), callback)
 
-    def next_time(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
-        return self._heap[0].at if self._heap else None
-
     def run_until(self, until: float) -> int:
         """Run every event due at or before ``until``, then set the clock to ``until``.
         Returns how many callbacks ran."""
@@ -72,6 +65,3 @@ class EventLoop:
             ran += 1
         self._now = max(self._now, until)
         return ran
-
-    def __len__(self) -> int:
-        return sum(1 for t in self._heap if not t.cancelled)

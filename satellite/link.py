@@ -25,10 +25,10 @@ from typing import Literal
 import numpy as np
 from orbiter.satellite.contacts import Contact
 
-__all__ = ["Direction", "GilbertElliott", "LinkConfig", "LinkModel", "PassLink"]
+__all__ = ["DIRECTIONS", "Direction", "GilbertElliott", "LinkConfig", "LinkModel", "PassLink"]
 
 Direction = Literal["down", "up"]
-_DIRECTIONS: tuple[Direction, ...] = ("down", "up")
+DIRECTIONS: tuple[Direction, ...] = ("down", "up")
 # A sojourn whose leaving probability is 0 never ends; 2**40 frames outlasts any pass.
 _NEVER = 1 << 40
 

@@ -218,9 +218,6 @@ class Orbit:
             raise RuntimeError(f"{self.name}: SGP4 failed with error {code} (decayed orbit?)")
         return np.asarray(r, dtype=np.float64), jd, fr
 
-    def positions_teme(self, times: FloatArray) -> FloatArray:
-        return self._teme(times)[0]
-
     def positions_ecef(self, times: FloatArray) -> FloatArray:
         """Earth-fixed positions (km), shape ``(len(times), 3)``."""
         r, jd, fr = self._teme(times)

@@ -42,7 +42,6 @@ from types import MappingProxyType
 __all__ = [
     "DAY",
     "DEFAULT_DEVICES",
-    "Battery",
     "OrbitEnergy",
     "PowerConfig",
     "PowerModel",
@@ -236,7 +235,6 @@ class PowerModel:
         self._edges: list[float] = []  # scheduled comms: [s0, e0, s1, e1, ...], disjoint, sorted
         self.curtailed_wh = 0.0
         self.unserved_wh = 0.0  # load the empty battery could not carry
-        self._totals = {"consumed": 0.0, "harvested": 0.0, "payload": 0.0, "comms": 0.0}
         self._trace_t = [start]
         self._trace_e = [self._e]
         self._orbits: list[OrbitEnergy] = []
@@ -251,11 +249,6 @@ class PowerModel:
     @property
     def energy_wh(self) -> float:
         return self._e
-
-    @property
-    def payload_share(self) -> float:
-        consumed = self._totals["consumed"]
-        return self._totals["payload"] / consumed if consumed > 0 else 0.0
 
     def sunlit_at(self, t: float) -> bool:
         return self._sun.sunlit_at(t)
@@ -382,9 +375,6 @@ class PowerModel:
             curtailed = clipped if harvest > load else 0.0
             self.curtailed_wh += curtailed
             self.unserved_wh += clipped - curtailed
-            for key, w in (("consumed", load), ("harvested", harvest), ("payload", payload)):
-                self._totals[key] += w * hours
-            self._totals["comms"] += comms * hours
             self._orbit = OrbitEnergy(
                 o.index,
                 o.start,
@@ -524,6 +514,3 @@ class PowerModel:
                     lo, lo_e = mid, mid_e
             return hi
         return None
-
-
-Battery = PowerModel  # the name satellite.md §5.1 uses

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from orbiter.satellite.contacts import Contact, ContactPlan
-from orbiter.satellite.link import Direction, LinkModel, PassLink
+from orbiter.satellite.link import DIRECTIONS, Direction, LinkModel, PassLink
 
 __all__ = ["ContactProxy", "PassStats"]
 
 _HOLD_LIMIT = 256 * 1024  # bytes one direction may hold before reading from its source pauses
 _READ_SIZE = 64 * 1024
-_DIRECTIONS: tuple[Direction, ...] = ("down", "up")
 
 
 @dataclass(slots=True)
@@ -321,12 +320,12 @@ class ContactProxy:
             if not conns:
                 del self._conns[start]
                 self._counted.pop(start, None)
-                for direction in _DIRECTIONS:
+                for direction in DIRECTIONS:
                     self._tokens.pop((start, direction), None)
                 continue
             since = self._counted[start]
             self._counted[start] = now
-            for direction in _DIRECTIONS:
+            for direction in DIRECTIONS:
                 self._forward(pl, conns, direction, since, now, due + pl.propagation_s)
 
     def _forward(

@@ -8,6 +8,7 @@ in [0, 1)``, and a key that nothing reads is refused (``unknown key 'link.acquis
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -89,13 +90,7 @@ class Scenario:
 
 def _baseline_link() -> LinkConfig:
     """The baseline's link rules, with the rates left to the contact plan."""
-    base = LinkConfig.baseline()
-    return LinkConfig(
-        acquisition_s=base.acquisition_s,
-        loss=base.loss,
-        abort_probability=base.abort_probability,
-        propagation_s=base.propagation_s,
-    )
+    return dataclasses.replace(LinkConfig.baseline(), rate_down=None, rate_up=None)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,63}$")

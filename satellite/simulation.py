@@ -466,7 +466,7 @@ class Simulation:
             # The hubs would reopen an earlier run's stores, and its rows would be counted.
             raise ValueError(f"{self.directory} is not empty: give a new directory per run")
         self.plan = scenario.contact_plan()
-        self.loop = EventLoop(seed=scenario.seed)
+        self.loop = EventLoop()
         self.link = LinkModel(scenario.link, seed=scenario.seed)
         self.runs = [SatelliteRun(self, name) for name in scenario.satellites]
         self.crashes: list[tuple[float, str]] = []

@@ -82,6 +82,27 @@ def test_losses_come_in_bursts() -> None:
     assert mean_burst(independent) < 1.5
 
 
+def test_the_links_own_losses_cluster_in_bursts() -> None:
+    """On the path the simulator and the proxy use (``capacity``), not the per-frame model:
+    the same mean loss, but bursts make some short intervals lose much more than others."""
+
+    def per_interval_loss(loss: GilbertElliott) -> np.ndarray:
+        pl = LinkModel(LinkConfig(loss=loss, abort_probability=0.0), seed=11).open(HOUR)
+        step = 0.02  # about 122 link frames of 1 KiB at 50 Mbit/s
+        full = 50e6 / 8 * step
+        start = pl.usable_from
+        got = [pl.capacity("down", start + step * k, start + step * (k + 1)) for k in range(50_000)]
+        return 1 - np.asarray(got) / full
+
+    bursty = per_interval_loss(GilbertElliott.from_mean(0.01))
+    independent = per_interval_loss(GilbertElliott.bernoulli(0.01))
+    assert bursty.mean() == pytest.approx(independent.mean(), rel=0.25)
+    # Independent losses are spread evenly over the frames (measured std ~3e-7); bursts
+    # make intervals differ (std ~0.03 with this seed). A chain that ignored its bad
+    # state would look like the first.
+    assert bursty.std() > 0.01 > 100 * independent.std()
+
+
 def test_about_five_percent_of_passes_abort_at_a_uniform_time() -> None:
     model = LinkModel(LinkConfig.baseline(), seed=11)
     plan = synthetic_plan(days=340)

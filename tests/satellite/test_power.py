@@ -150,7 +150,7 @@ def test_sunlit_callback_drives_the_eclipse() -> None:
 
 
 def test_week_of_jobs_never_breaches_the_floor() -> None:
-    loop = EventLoop(seed=7)
+    loop = EventLoop()
     cfg = PowerConfig(soc_start=0.4)  # BUPT-1 defaults, starting low so the floor binds early
     model = PowerModel(cfg)
     model.set_activity("power", "pi4b", False, at=0.0)  # the Pi stays powered, idle by default
@@ -319,7 +319,7 @@ def test_job_before_a_scheduled_window_keeps_the_floor() -> None:
 
 
 def test_three_days_of_heavy_compute_and_passes_keep_the_floor() -> None:
-    loop = EventLoop(seed=3)
+    loop = EventLoop()
     cfg = PowerConfig(soc_start=0.35)  # BUPT-1 defaults, starting just above the floor
     model = PowerModel(cfg)
     days = 3
